@@ -1,0 +1,261 @@
+"""The one config source: typed frozen dataclasses built from Flower's flat ``run_config``.
+
+Every key has a flat, hyphenated name (the form used in ``pyproject.toml``, ``--run-config`` and the
+``flowertune`` CLI). Defaults are the ``quickstart`` preset; other presets are named sets of overrides
+(``flowertune/presets.py``). Unknown keys are rejected with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, get_type_hints
+
+Scalar = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message names the key and the fix."""
+
+
+def key(name: str, default: Scalar, help: str) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field that carries its flat config key and a one-line description."""
+    return field(default=default, metadata={"key": name, "help": help})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = key("model.name", "embedded", "Hub id, local directory, .gguf file or 'embedded' (SmolLM2-135M-Instruct)")
+    quantization: int = key("model.quantization", 0, "0 (none), 4 (QLoRA NF4) or 8 bits; 4/8 need CUDA + bitsandbytes")
+    dtype: str = key("model.dtype", "auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU)")
+    gradient_checkpointing: bool = key("model.gradient-checkpointing", False, "trade compute for activation memory")
+    attn_implementation: str = key("model.attn-implementation", "sdpa", "sdpa | eager | flash_attention_2")
+    trust_remote_code: bool = key("model.trust-remote-code", False, "allow Hub models with custom code")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    r: int = key("model.lora.peft-lora-r", 8, "LoRA rank")
+    alpha: int = key("model.lora.peft-lora-alpha", 16, "LoRA alpha")
+    dropout: float = key("model.lora.peft-lora-dropout", 0.05, "LoRA dropout")
+    target_modules: str = key("model.lora.target-modules", "q_proj,v_proj", "comma-separated module names; '' = PEFT default")
+    use_dora: bool = key("model.lora.use-dora", False, "DoRA (weight-decomposed LoRA)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = key("static.dataset.name", "sample:medical", "Hub dataset id, local json/jsonl/csv/parquet path, or sample:<name>")
+    format: str = key("data.format", "medical", "prompt mapping: medical | finance | code | general-nlp | generic")
+    instruction_column: str = key("data.instruction-column", "instruction", "generic format: instruction column")
+    input_column: str = key("data.input-column", "input", "generic format: optional input column ('' = none)")
+    response_column: str = key("data.response-column", "output", "generic format: response column")
+    partitioner: str = key("data.partitioner", "iid", "iid | dirichlet")
+    partition_by: str = key("data.partition-by", "", "column for the dirichlet partitioner")
+    dirichlet_alpha: float = key("data.dirichlet-alpha", 0.5, "concentration of the dirichlet partitioner")
+    seed: int = key("data.seed", 42, "seed for shuffling, partitioning and the validation split")
+    validation_fraction: float = key("data.validation-fraction", 0.1, "share of each partition held out for eval loss")
+    max_eval_examples: int = key("data.max-eval-examples", 32, "cap on held-out examples per client per evaluation")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seq_length: int = key("train.seq-length", 512, "max tokens per example (longer ones are truncated)")
+    learning_rate_max: float = key("train.learning-rate-max", 5e-4, "learning rate of round 1 (cosine over rounds)")
+    learning_rate_min: float = key("train.learning-rate-min", 5e-5, "learning rate of the last round")
+    save_every_round: int = key("train.save-every-round", 5, "checkpoint the global adapter every N rounds")
+    eval_every_round: int = key("train.eval-every-round", 1, "held-out eval loss every K rounds (0 = off)")
+    dynamic_data_seed: bool = key("train.dynamic-data-seed", False, "new sampling order each round")
+    batch_size: int = key("train.training-arguments.per-device-train-batch-size", 4, "examples per micro-batch")
+    grad_accum: int = key("train.training-arguments.gradient-accumulation-steps", 1, "micro-batches per optimizer step")
+    max_steps: int = key("train.training-arguments.max-steps", 10, "optimizer steps per client per round")
+    warmup_steps: int = key("train.training-arguments.warmup-steps", 0, "linear warmup steps within a round")
+    optim: str = key("train.training-arguments.optim", "adamw_torch", "adamw_torch | paged_adamw_8bit (CUDA)")
+    weight_decay: float = key("train.training-arguments.weight-decay", 0.0, "AdamW weight decay")
+    max_grad_norm: float = key("train.training-arguments.max-grad-norm", 1.0, "gradient clipping (0 = off)")
+    seed: int = key("train.training-arguments.seed", 42, "seed of local training")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = key("strategy.name", "fedavg", "fedavg | fedprox | fedadam | fedyogi | fedavgm")
+    fraction_train: float = key("strategy.fraction-train", 0.5, "share of connected nodes sampled per round")
+    fraction_evaluate: float = key("strategy.fraction-evaluate", 1.0, "share of nodes computing the held-out eval loss")
+    min_train_nodes: int = key("strategy.min-train-nodes", 2, "minimum nodes per training round")
+    min_available_nodes: int = key("strategy.min-available-nodes", 2, "wait until this many nodes are connected")
+    proximal_mu: float = key("strategy.proximal-mu", 0.0, "FedProx proximal term weight (> 0 adds the term)")
+    server_learning_rate: float = key("strategy.server-learning-rate", 1.0, "FedAvgM server learning rate")
+    server_momentum: float = key("strategy.server-momentum", 0.0, "FedAvgM server momentum")
+    eta: float = key("strategy.eta", 1e-2, "FedAdam/FedYogi server learning rate")
+    eta_l: float = key("strategy.eta-l", 1e-2, "FedAdam/FedYogi client learning rate (bookkeeping only)")
+    beta_1: float = key("strategy.beta-1", 0.9, "FedAdam/FedYogi first moment decay")
+    beta_2: float = key("strategy.beta-2", 0.99, "FedAdam/FedYogi second moment decay")
+    tau: float = key("strategy.tau", 1e-3, "FedAdam/FedYogi adaptivity")
+    round_timeout: float = key("strategy.round-timeout", 86400.0, "seconds to wait for replies in one round")
+    seed: int = key("strategy.seed", 42, "seed of client sampling")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    num_server_rounds: int = key("num-server-rounds", 3, "federated rounds")
+    preset: str = key("preset", "quickstart", "named set of defaults: quickstart | medical | finance | code | general-nlp")
+    num_supernodes: int = key("num-supernodes", 4, "SuperNodes the preset expects (simulation size)")
+    output_dir: str = key("run.output-dir", "", "absolute run directory ('' = ~/flowertune-runs/<time>-<preset>)")
+    wire_codec: str = key("wire.codec", "fp32", "encoding of adapter arrays on the wire")
+    progress: bool = key("run.progress", True, "progress bars on long loops")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration of one run."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    def to_flat(self) -> dict[str, Scalar]:
+        """Flat ``{key: value}`` form, the inverse of :func:`from_flat`."""
+        return {k: getattr(getattr(self, sec), attr) for k, (sec, attr, _t) in _KEYS.items()}
+
+
+def _index() -> dict[str, tuple[str, str, type]]:
+    out: dict[str, tuple[str, str, type]] = {}
+    for sec in fields(Config):
+        cls = sec.default_factory  # type: ignore[misc]
+        assert is_dataclass(cls)
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            out[f.metadata["key"]] = (sec.name, f.name, hints[f.name])
+    return out
+
+
+_KEYS = _index()
+
+
+def valid_keys() -> list[str]:
+    """All valid flat keys."""
+    return sorted(_KEYS)
+
+
+def describe() -> list[tuple[str, Scalar, str]]:
+    """(key, default, help) for every key, for the README and ``flowertune keys``."""
+    rows = []
+    for sec in fields(Config):
+        for f in fields(sec.default_factory):  # type: ignore[arg-type]
+            rows.append((f.metadata["key"], f.default, f.metadata["help"]))
+    return rows
+
+
+def flat_defaults() -> dict[str, Scalar]:
+    """The default flat config (what ``[tool.flwr.app.config]`` holds)."""
+    return Config().to_flat()
+
+
+def _coerce(k: str, value: Any, typ: type) -> Scalar:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        return str(value)
+    raise ConfigError(f"config key {k!r} expects {typ.__name__}, got {value!r}")
+
+
+def check_keys(flat: Mapping[str, Any]) -> None:
+    """Reject unknown keys, suggesting the closest valid ones."""
+    unknown = [k for k in flat if k not in _KEYS]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, _KEYS, n=2)
+            hints.append(f"{k!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(hints)}. Valid keys: {', '.join(valid_keys())}"
+        )
+
+
+def from_flat(flat: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from explicit flat values on top of the defaults (no presets)."""
+    check_keys(flat)
+    sections: dict[str, dict[str, Scalar]] = {}
+    for k, v in flat.items():
+        sec, attr, typ = _KEYS[k]
+        sections.setdefault(sec, {})[attr] = _coerce(k, v, typ)
+    cfg = Config()
+    cfg = replace(cfg, **{sec: replace(getattr(cfg, sec), **vals) for sec, vals in sections.items()})
+    validate(cfg)
+    return cfg
+
+
+def resolve(run_config: Mapping[str, Any]) -> Config:
+    """Resolve Flower's ``run_config`` (pyproject defaults + overrides) with its preset.
+
+    Layering: dataclass defaults < preset < every key whose value differs from the default. A key
+    left at its pyproject default therefore takes the preset's value.
+    """
+    from flowertune.presets import preset_overrides
+
+    check_keys(run_config)
+    defaults = flat_defaults()
+    name = str(run_config.get("preset", defaults["preset"]))
+    merged: dict[str, Any] = dict(preset_overrides(name))
+    merged["preset"] = name
+    for k, v in run_config.items():
+        if k != "preset" and v != defaults[k]:
+            merged[k] = v
+    return from_flat(merged)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks with messages that name the fix."""
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(cfg.run.num_server_rounds >= 1, "num-server-rounds must be >= 1")
+    need(cfg.model.quantization in (0, 4, 8), "model.quantization must be 0, 4 or 8")
+    need(cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"),
+         "model.dtype must be auto, float32, bfloat16 or float16")
+    need(cfg.adapter.r >= 1, "model.lora.peft-lora-r must be >= 1")
+    need(0.0 <= cfg.adapter.dropout < 1.0, "model.lora.peft-lora-dropout must be in [0, 1)")
+    need(0.0 < cfg.strategy.fraction_train <= 1.0, "strategy.fraction-train must be in (0, 1]")
+    need(0.0 <= cfg.strategy.fraction_evaluate <= 1.0, "strategy.fraction-evaluate must be in [0, 1]")
+    need(cfg.strategy.min_train_nodes >= 1, "strategy.min-train-nodes must be >= 1")
+    need(cfg.strategy.proximal_mu >= 0.0, "strategy.proximal-mu must be >= 0")
+    need(cfg.train.max_steps >= 1, "train.training-arguments.max-steps must be >= 1")
+    need(cfg.train.batch_size >= 1, "train.training-arguments.per-device-train-batch-size must be >= 1")
+    need(cfg.train.grad_accum >= 1, "train.training-arguments.gradient-accumulation-steps must be >= 1")
+    need(cfg.train.seq_length >= 16, "train.seq-length must be >= 16")
+    need(cfg.train.learning_rate_max > 0 and cfg.train.learning_rate_min >= 0,
+         "train.learning-rate-max must be > 0 and train.learning-rate-min >= 0")
+    need(cfg.train.save_every_round >= 1, "train.save-every-round must be >= 1")
+    need(0.0 <= cfg.data.validation_fraction < 1.0, "data.validation-fraction must be in [0, 1)")
+    need(cfg.run.output_dir == "" or cfg.run.output_dir.startswith("/"),
+         f"run.output-dir must be an absolute path (got {cfg.run.output_dir!r}); the server's cwd is the SuperLink's")
+    from flowertune.registries import check_names
+
+    check_names(cfg)

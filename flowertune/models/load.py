@@ -1,0 +1,113 @@
+"""Load a base model and its tokenizer from any ``model.name`` form, with dtype and quantization."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from flowertune.config import ConfigError, ModelConfig
+from flowertune.models.source import ModelSourceError, local_path
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on CUDA with bf16 support and fp32 elsewhere."""
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def quantization_config(bits: int, compute_dtype: torch.dtype) -> Any:
+    """The QLoRA recipe for 4 bits (NF4, double quant, bf16 compute); plain int8 for 8 bits."""
+    if bits == 0:
+        return None
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"model.quantization={bits} needs a CUDA GPU with bitsandbytes; this machine has none. "
+            "Set model.quantization=0 to train the full-precision base model on the CPU."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"model.quantization={bits} needs bitsandbytes: pip install 'flowertune[gpu]'"
+        ) from exc
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _offline_hint(name: str, exc: Exception) -> ModelSourceError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return ModelSourceError(
+        f"cannot load model {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+        + ("HF_HUB_OFFLINE=1 is set and it is not in the local cache. " if offline else
+           "It is not a local path and the Hugging Face Hub is unreachable or the id is wrong. ")
+        + "Use a local directory, a .gguf file, 'embedded', or download it first with "
+        "`huggingface-cli download " + name + "` on a machine with network."
+    )
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The tokenizer of ``cfg.name`` with a pad token that is not confused with a label."""
+    from transformers import AutoTokenizer
+
+    path = local_path(cfg.name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _offline_hint(cfg.name, exc) from exc
+    if tok.pad_token_id is None:
+        # pad positions are masked out of the loss by position, so reusing EOS is safe here
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Any:
+    """The base causal LM on ``device`` in the configured dtype/quantization, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    dtype = pick_dtype(cfg.dtype, device)
+    qcfg = quantization_config(cfg.quantization, dtype)
+    path = local_path(cfg.name)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": cfg.attn_implementation,
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if qcfg is not None:
+        kwargs["quantization_config"] = qcfg
+        kwargs["device_map"] = {"": device.index or 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "attn_implementation" in str(exc):
+            raise ConfigError(f"model.attn-implementation={cfg.attn_implementation!r} is not supported "
+                              f"by {cfg.name!r}: {exc}. Use 'sdpa' or 'eager'.") from exc
+        raise _offline_hint(cfg.name, exc) from exc
+    if qcfg is None:
+        model.to(device)
+    model.eval()
+    log.info("loaded %s (%s, %s, %d-bit)", cfg.name, device, dtype, cfg.quantization or 16)
+    return model
