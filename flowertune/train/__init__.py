@@ -1,0 +1,1 @@
+"""Local training: batching, the loss, the per-round loop and the learning-rate schedule."""
