@@ -259,3 +259,26 @@ def validate(cfg: Config) -> None:
     from flowertune.registries import check_names
 
     check_names(cfg)
+
+
+def _toml_value(v: Scalar) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(v)
+
+
+def pyproject_section() -> str:
+    """The ``[tool.flwr.app.config]`` TOML text for the defaults (pyproject.toml must contain it)."""
+    lines = ["[tool.flwr.app.config]"]
+    static = []
+    for k, v in flat_defaults().items():
+        if k.startswith("static."):
+            static.append(f"{k[len('static.'):]} = {_toml_value(v)}")
+        else:
+            lines.append(f"{k} = {_toml_value(v)}")
+    lines += ["", "# Dataset config (static for the FlowerTune LLM Leaderboard)", "[tool.flwr.app.config.static]", *static]
+    return "\n".join(lines) + "\n"

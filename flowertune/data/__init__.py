@@ -1,0 +1,1 @@
+"""Data: loading (Hub / local files / shipped samples), partitioning, prompt formats, tokenization."""

@@ -1,0 +1,89 @@
+"""What a client process keeps between rounds: the base model with its adapter, and its data.
+
+The official templates reload (and re-quantize) the base model every round; here it is loaded once
+per process and only the adapter weights change between rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flowertune.config import AdapterConfig, Config, DataConfig, ModelConfig
+from flowertune.data.formats import FORMATS
+from flowertune.data.load import load_partition, split_validation
+from flowertune.data.tokenize import build_example, end_of_turn_ids
+from flowertune.models.adapter import attach_adapter
+from flowertune.models.load import load_model, load_tokenizer
+from flowertune.train.batching import IGNORE, Example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """A resident PEFT model and its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    pad_id: int
+    eot: list[int]
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """Tokenized train and held-out examples of one partition."""
+
+    train: list[Example]
+    validation: list[Example]
+
+
+_RUNTIMES: dict[tuple[ModelConfig, AdapterConfig, int], Runtime] = {}
+_DATA: dict[tuple[DataConfig, str, int, int, int], ClientData] = {}
+MODEL_LOADS = 0  # how many times this process loaded a base model (reported in metrics)
+
+
+def runtime(cfg: Config) -> Runtime:
+    """The resident model for ``cfg`` (loaded on first use in this process)."""
+    global MODEL_LOADS
+    key = (cfg.model, cfg.adapter, cfg.train.seed)
+    if key not in _RUNTIMES:
+        _RUNTIMES.clear()  # one model per process: a new config replaces the old one
+        tokenizer = load_tokenizer(cfg.model)
+        base = load_model(cfg.model)
+        if cfg.model.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.config.use_cache = False
+        if cfg.model.quantization:
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
+        model = attach_adapter(base, cfg.adapter, cfg.model, seed=cfg.train.seed)
+        MODEL_LOADS += 1
+        _RUNTIMES[key] = Runtime(model, tokenizer, tokenizer.pad_token_id, end_of_turn_ids(tokenizer))
+    return _RUNTIMES[key]
+
+
+def tokenize_rows(rows: Any, cfg: Config, rt: Runtime) -> list[Example]:
+    """Format and tokenize dataset rows; rows whose prompt fills the whole window are dropped."""
+    fmt = FORMATS.get(cfg.data.format)
+    out = []
+    for row in rows:
+        instruction, response = fmt(row, cfg.data)
+        ex = build_example(rt.tokenizer, instruction, response, cfg.train.seq_length, rt.eot)
+        if any(t != IGNORE for t in ex.labels[1:]):
+            out.append(ex)
+    return out
+
+
+def client_data(cfg: Config, rt: Runtime, partition_id: int, num_partitions: int) -> ClientData:
+    """Tokenized partition ``partition_id`` (cached per process)."""
+    key = (cfg.data, cfg.model.name, cfg.train.seq_length, partition_id, num_partitions)
+    if key not in _DATA:
+        part = load_partition(cfg.data, partition_id, num_partitions)
+        train_rows, val_rows = split_validation(part, cfg.data)
+        _DATA[key] = ClientData(tokenize_rows(train_rows, cfg, rt), tokenize_rows(val_rows, cfg, rt))
+        log.info("partition %d/%d: %d train, %d validation examples", partition_id, num_partitions,
+                 len(_DATA[key].train), len(_DATA[key].validation))
+    return _DATA[key]

@@ -1,0 +1,26 @@
+"""Name checks across registries, so a bad name fails at config time with the valid choices."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flowertune.config import Config
+
+
+def check_names(cfg: Config) -> None:
+    """Raise ``ConfigError`` for a strategy, partitioner, data format or preset that does not exist."""
+    from flowertune.config import ConfigError
+    from flowertune.data.formats import FORMATS
+    from flowertune.data.partition import PARTITIONERS
+    from flowertune.federation.strategies import STRATEGIES
+    from flowertune.presets import PRESETS
+
+    for registry, value, k in (
+        (STRATEGIES, cfg.strategy.name, "strategy.name"),
+        (PARTITIONERS, cfg.data.partitioner, "data.partitioner"),
+        (FORMATS, cfg.data.format, "data.format"),
+        (PRESETS, cfg.run.preset, "preset"),
+    ):
+        if value not in registry:
+            raise ConfigError(f"{k}={value!r} is not valid; choose one of: {', '.join(registry.names())}")

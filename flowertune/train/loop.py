@@ -1,0 +1,123 @@
+"""One round of local training, read top to bottom (nanoGPT style).
+
+AdamW (or paged 8-bit AdamW on CUDA) over the adapter parameters, gradient accumulation weighted by
+target-token counts, linear warmup, gradient clipping, and the FedProx proximal term when mu > 0.
+The optimizer is created per round: the global adapter changes between rounds, so stale moments
+from the previous round would point the wrong way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from flowertune.config import ConfigError, TrainConfig
+from flowertune.train.batching import Example, collate, count_real_tokens
+from flowertune.train.loss import causal_lm_loss
+from flowertune.train.schedule import warmup_factor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one client's local round produced (besides the new adapter weights)."""
+
+    loss: float  # mean target-token loss over the round
+    steps: int
+    examples: int  # examples consumed (with repetition)
+    real_tokens: int  # non-padding tokens processed
+    seconds: float
+
+
+def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' paged 8-bit AdamW on CUDA (the leaderboard recipe)."""
+    if cfg.optim == "adamw_torch":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.optim == "paged_adamw_8bit":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.training-arguments.optim='paged_adamw_8bit' needs CUDA; use 'adamw_torch'")
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"unknown optimizer {cfg.optim!r}; valid: adamw_torch, paged_adamw_8bit")
+
+
+def batch_order(n_examples: int, batch_size: int, n_batches: int, seed: int) -> list[list[int]]:
+    """Example indices for ``n_batches`` micro-batches: seeded shuffled epochs, repeated as needed."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while len(order) < n_batches * batch_size:
+        epoch = list(range(n_examples))
+        rng.shuffle(epoch)
+        order.extend(epoch)
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+
+def proximal_term(params: Sequence[torch.nn.Parameter], anchors: Sequence[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx: ``mu / 2 * ||w - w_global||^2`` over the trainable parameters."""
+    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+
+
+def train_round(model: Any, examples: Sequence[Example], cfg: TrainConfig, lr: float, pad_id: int,
+                seed: int, proximal_mu: float = 0.0) -> RoundResult:
+    """Run ``cfg.max_steps`` optimizer steps on ``examples``; the model is updated in place."""
+    if not examples:
+        raise ValueError("this client has no training examples; give it more data or fewer partitions")
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+    optimizer = make_optimizer(params, cfg, lr)
+    batches = batch_order(len(examples), cfg.batch_size, cfg.max_steps * cfg.grad_accum, seed)
+
+    model.train()
+    t0 = time.perf_counter()
+    total_loss, total_targets, real_tokens = 0.0, 0, 0
+    for step in range(cfg.max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * warmup_factor(step, cfg.warmup_steps)
+        micro = [collate([examples[i] for i in idx], pad_id) for idx in
+                 batches[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]]
+        micro = [{k: v.to(device) for k, v in b.items()} for b in micro]
+        n_step = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        for batch in micro:
+            loss_sum, n = causal_lm_loss(model, batch)
+            (loss_sum / max(n_step, 1)).backward()
+            total_loss += float(loss_sum.detach())
+            total_targets += n
+            real_tokens += count_real_tokens(batch)
+        if proximal_mu > 0:
+            proximal_term(params, anchors, proximal_mu).backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    loss = total_loss / max(total_targets, 1)
+    if not math.isfinite(loss):
+        log.warning("local training produced a non-finite loss (%s)", loss)
+    return RoundResult(loss=loss, steps=cfg.max_steps, examples=cfg.max_steps * cfg.grad_accum * cfg.batch_size,
+                       real_tokens=real_tokens, seconds=time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def evaluate_loss(model: Any, examples: Sequence[Example], batch_size: int, pad_id: int) -> tuple[float, int]:
+    """Mean target-token loss of ``model`` on ``examples`` and the number of target tokens."""
+    if not examples:
+        return float("nan"), 0
+    device = next(model.parameters()).device
+    model.eval()
+    total, n_total = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(list(examples[i:i + batch_size]), pad_id).items()}
+        loss_sum, n = causal_lm_loss(model, batch)
+        total += float(loss_sum)
+        n_total += n
+    return total / max(n_total, 1), n_total
