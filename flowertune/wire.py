@@ -1,0 +1,370 @@
+"""Wire formats for adapter updates: adapter arrays <-> the numpy arrays put into a Flower ``ArrayRecord``.
+
+A codec turns ``{tensor key: fp32 array}`` into a *payload* (``{payload key: array}``, stored with
+:func:`to_array_record`) and back::
+
+    codec = get_codec("delta-topk-int8", fraction=0.1)
+    payload, residual = codec.encode(arrays, reference, residual)   # residual: kept by the encoder
+    arrays = codec.decode(payload, reference)                       # full fp32 arrays
+
+========================  =========  =========================================================================
+codec                     lossless   payload for one tensor ``k``
+========================  =========  =========================================================================
+``fp32`` (default)        yes        ``k``: the weights in fp32 (exactly what was sent before codecs existed)
+``fp16``                  no         ``k``: the weights in fp16
+``delta-fp16``            no         ``k::delta``: ``new - reference`` in fp16
+``delta-int8``            no         ``k::q`` int8 of the shape of ``k`` + ``k::scale`` fp32 per row (output
+                                     channel; one scale for a 1-D tensor such as a DoRA magnitude vector)
+``delta-topk-int8``       no         top ``fraction`` of ``|update|`` per tensor: ``k::q`` int8 values,
+                                     ``k::idx`` uint8 gaps between flat positions (a gap over 255 is
+                                     bridged by zero-valued filler entries), ``k::scale`` one fp32 scale
+========================  =========  =========================================================================
+
+Rules shared by every codec:
+
+* A key missing from a payload is unchanged: ``decode`` takes it from ``reference``. Encoders leave out
+  a tensor whose update is all zero (delta codecs) or whose wire value equals the reference bit for bit.
+* Delta codecs need a reference and decode to ``reference + update``. ``delta-int8`` and
+  ``delta-topk-int8`` do error feedback: the quantization error is returned as the new ``residual``,
+  which the caller keeps and passes to the next ``encode`` (added to that round's update).
+* Non-finite values are rejected with a ``ValueError`` naming the tensor, on encode (client) and on
+  decode (server: a NaN/inf update is never aggregated). So is a value that does not fit fp16.
+* Scales are fp32 because LoRA updates (~1e-6..1e-3) divided by 127 underflow fp16.
+
+Where the references come from (the lead's integration, see also :class:`Broadcast`):
+
+* The server keeps the global adapter ``G`` in fp32 and aggregates in fp32, plus the last
+  :class:`Broadcast` and, per node, the broadcast version that node last acknowledged (by replying).
+* Downlink, round ``t``: ``b = encode_broadcast(codec, G, previous=b_prev)``; each node gets
+  ``b.payload_for(version the node holds)``: the compact delta against ``b_prev`` if it holds
+  ``b_prev.version``, else (first contact, missed rounds) the full fp32 arrays (fp16 for ``fp16``). Both
+  decode to the same ``b.arrays``, so every sampled client starts from identical weights.
+* Uplink: the client encodes its trained adapter against the ``b.arrays`` it decoded, with its residual;
+  the server decodes every reply against its exact ``G`` (not against ``b.arrays``) and aggregates.
+  That puts the downlink's quantization error ``G - b.arrays`` back into the next broadcast: error
+  feedback on the downlink at no cost.
+
+Count bytes with :func:`payload_bytes`, which equals ``ArrayRecord.count_bytes()`` of the payload.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from flowertune.registry import Registry
+
+Arrays = dict[str, np.ndarray]
+SEP = "::"
+_F32 = np.float32
+
+
+class Codec(Protocol):
+    """The shape every codec has (see the module docstring)."""
+
+    name: str
+    lossless: bool
+    is_delta: bool
+
+    def encode(
+        self, arrays: Arrays, reference: Arrays | None, residual: Arrays | None
+    ) -> tuple[Arrays, Arrays | None]: ...
+
+    def decode(self, payload: Arrays, reference: Arrays | None) -> Arrays: ...
+
+
+CODECS: Registry[type] = Registry("wire codec")  # name -> codec class; options go to its __init__
+
+
+def get_codec(name: str, **options: Any) -> Codec:
+    """The codec called ``name`` built with ``options`` (e.g. ``fraction=0.05`` for top-k)."""
+    cls = CODECS.get(name)
+    try:
+        return cls(**options)
+    except TypeError:
+        raise ValueError(f"wire codec {name!r} does not take options {sorted(options)}") from None
+
+
+def to_array_record(payload: Arrays) -> ArrayRecord:
+    """The payload as a Flower ``ArrayRecord`` (which does not take a dict of numpy arrays directly)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in payload.items()})
+
+
+def from_array_record(record: ArrayRecord) -> Arrays:
+    """The payload stored in ``record``, keys and dtypes as encoded."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def payload_bytes(payload: Arrays) -> int:
+    """Bytes Flower counts for this payload: serialized ``.npy`` size plus key length per entry."""
+    return to_array_record(payload).count_bytes()
+
+
+def _check_finite(key: str, value: np.ndarray, what: str = "non-finite values (NaN/inf)") -> None:
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise ValueError(f"tensor {key!r} has {what}")
+
+
+def _fp32(key: str, value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value)
+    if SEP in key:
+        raise ValueError(f"tensor key {key!r} contains the payload separator {SEP!r}")
+    _check_finite(key, value)
+    return value.astype(_F32, copy=False)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _reference(key: str, reference: Arrays, shape: tuple[int, ...]) -> np.ndarray:
+    if key not in reference:
+        raise ValueError(f"tensor {key!r} is not in the reference adapter")
+    ref = np.asarray(reference[key], dtype=_F32)
+    if ref.shape != shape:
+        raise ValueError(f"tensor {key!r} has shape {shape}, the reference has {ref.shape}")
+    return ref
+
+
+def _expect(key: str, array: np.ndarray, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if array.dtype != np.dtype(dtype) or array.shape != shape:
+        raise ValueError(f"payload {key!r} is {array.dtype}{array.shape}, expected {np.dtype(dtype)}{shape}")
+    _check_finite(key, array)
+    return array
+
+
+class FullCodec:
+    """Whole weights cast to ``dtype``; lossless for fp32."""
+
+    is_delta = False
+
+    def __init__(self, name: str, dtype: Any) -> None:
+        self.name, self.dtype = name, np.dtype(dtype)
+        self.lossless = self.dtype == np.dtype(_F32)
+
+    def encode(
+        self, arrays: Arrays, reference: Arrays | None = None, residual: Arrays | None = None
+    ) -> tuple[Arrays, Arrays | None]:
+        payload = {}
+        for key, value in arrays.items():
+            wire = _fp32(key, value).astype(self.dtype)
+            _check_finite(key, wire, f"values that do not fit {self.dtype}")
+            if reference is not None and key in reference and _same_bits(wire.astype(_F32), reference[key]):
+                continue
+            payload[key] = wire
+        return payload, None
+
+    def decode(self, payload: Arrays, reference: Arrays | None = None) -> Arrays:
+        out = dict(reference or {})
+        for key, wire in payload.items():
+            shape = wire.shape if reference is None else _reference(key, reference, wire.shape).shape
+            out[key] = _expect(key, wire, self.dtype, shape).astype(_F32)
+        return out
+
+
+@CODECS.register("fp32")
+class FP32(FullCodec):
+    def __init__(self) -> None:
+        super().__init__("fp32", np.float32)
+
+
+@CODECS.register("fp16")
+class FP16(FullCodec):
+    def __init__(self) -> None:
+        super().__init__("fp16", np.float16)
+
+
+class DeltaCodec:
+    """Base of the codecs that send ``new - reference``; subclasses pack/unpack one tensor's update."""
+
+    name = "delta"
+    lossless = False
+    is_delta = True
+    error_feedback = False
+    parts: tuple[str, ...] = ()
+
+    def pack(self, key: str, update: np.ndarray) -> tuple[Arrays, np.ndarray | None]:
+        """``({part: array}, quantization error)`` for one non-zero fp32 update."""
+        raise NotImplementedError
+
+    def unpack(self, key: str, parts: Arrays, shape: tuple[int, ...]) -> np.ndarray:
+        """The fp32 update of ``shape`` from its validated parts."""
+        raise NotImplementedError
+
+    def encode(
+        self, arrays: Arrays, reference: Arrays | None, residual: Arrays | None = None
+    ) -> tuple[Arrays, Arrays | None]:
+        if reference is None:
+            raise ValueError(f"wire codec {self.name!r} encodes against a reference; send full fp32 first")
+        payload: Arrays = {}
+        new_residual: Arrays = {}
+        for key, value in arrays.items():
+            value = _fp32(key, value)
+            update = value - _reference(key, reference, value.shape)
+            if self.error_feedback and residual is not None and key in residual:
+                update = update + residual[key]
+            if not update.any():
+                continue
+            parts, error = self.pack(key, update)
+            payload.update({f"{key}{SEP}{part}": array for part, array in parts.items()})
+            if error is not None and error.any():
+                new_residual[key] = error
+        return payload, (new_residual if self.error_feedback else None)
+
+    def decode(self, payload: Arrays, reference: Arrays | None) -> Arrays:
+        if reference is None:
+            raise ValueError(f"wire codec {self.name!r} decodes against a reference")
+        grouped: dict[str, Arrays] = {}
+        for name, array in payload.items():
+            key, sep, part = name.rpartition(SEP)
+            if not sep or part not in self.parts:
+                raise ValueError(f"payload key {name!r} is not <tensor>{SEP}<{'|'.join(self.parts)}>")
+            grouped.setdefault(key, {})[part] = array
+        out = dict(reference)
+        for key, parts in grouped.items():
+            if set(parts) != set(self.parts):
+                raise ValueError(f"tensor {key!r} has payload parts {sorted(parts)}, expected {list(self.parts)}")
+            if key not in reference:
+                raise ValueError(f"tensor {key!r} is not in the reference adapter")
+            ref = np.asarray(reference[key], dtype=_F32)
+            new = ref + self.unpack(key, parts, ref.shape)
+            _check_finite(key, new)
+            out[key] = new
+        return out
+
+
+@CODECS.register("delta-fp16")
+class DeltaFP16(DeltaCodec):
+    name, parts = "delta-fp16", ("delta",)
+
+    def pack(self, key: str, update: np.ndarray) -> tuple[Arrays, np.ndarray | None]:
+        wire = update.astype(np.float16)
+        _check_finite(key, wire, "an update that does not fit fp16")
+        return {"delta": wire}, None
+
+    def unpack(self, key: str, parts: Arrays, shape: tuple[int, ...]) -> np.ndarray:
+        return _expect(f"{key}{SEP}delta", parts["delta"], np.float16, shape).astype(_F32)
+
+
+def _rows(update: np.ndarray) -> np.ndarray:
+    """Per output channel: matrices by first axis; a vector (DoRA magnitude) is one row."""
+    return update.reshape(update.shape[0] if update.ndim >= 2 else 1, -1)
+
+
+def _quantize(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    safe = np.where(scale > 0, scale, 1).astype(_F32)
+    return np.clip(np.rint(values / safe), -127, 127).astype(np.int8)
+
+
+@CODECS.register("delta-int8")
+class DeltaInt8(DeltaCodec):
+    name, parts, error_feedback = "delta-int8", ("q", "scale"), True
+
+    def pack(self, key: str, update: np.ndarray) -> tuple[Arrays, np.ndarray | None]:
+        rows = _rows(update)
+        scale = (np.abs(rows).max(axis=1) / 127).astype(_F32)
+        q = _quantize(rows, scale[:, None])
+        error = rows - q.astype(_F32) * scale[:, None]
+        return {"q": q.reshape(update.shape), "scale": scale}, error.reshape(update.shape)
+
+    def unpack(self, key: str, parts: Arrays, shape: tuple[int, ...]) -> np.ndarray:
+        q = _rows(_expect(f"{key}{SEP}q", parts["q"], np.int8, shape))
+        scale = _expect(f"{key}{SEP}scale", parts["scale"], _F32, (q.shape[0],))
+        return (q.astype(_F32) * scale[:, None]).reshape(shape)
+
+
+@CODECS.register("delta-topk-int8")
+class DeltaTopKInt8(DeltaCodec):
+    name, parts, error_feedback = "delta-topk-int8", ("q", "idx", "scale"), True
+
+    def __init__(self, fraction: float = 0.1) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"delta-topk-int8 fraction must be in (0, 1], got {fraction}")
+        self.fraction = fraction
+
+    def pack(self, key: str, update: np.ndarray) -> tuple[Arrays, np.ndarray | None]:
+        flat = update.ravel()
+        n = flat.size
+        k = max(1, math.ceil(self.fraction * n))
+        idx = np.sort(np.argpartition(np.abs(flat), n - k)[n - k:]) if k < n else np.arange(n)
+        scale = np.float32(np.abs(flat[idx]).max() / 127)
+        q = _quantize(flat[idx], scale)
+        keep = q != 0  # entries that round to zero stay in the residual instead of costing bytes
+        idx, q = idx[keep], q[keep]
+        error = flat.copy()
+        if not idx.size:  # update so small its scale underflowed: send nothing, keep it all
+            return {}, update
+        error[idx] -= q.astype(_F32) * scale
+        # positions as uint8 gaps; a gap g > 255 becomes (g - 1) // 255 filler entries (q = 0) of gap 255
+        steps = np.diff(idx, prepend=0)
+        fillers = np.maximum(0, (steps - 1) // 255)
+        ends = np.cumsum(fillers + 1) - 1
+        gaps = np.full(ends[-1] + 1, 255, dtype=np.uint8)
+        gaps[ends] = steps - 255 * fillers
+        q_out = np.zeros(ends[-1] + 1, dtype=np.int8)
+        q_out[ends] = q
+        return {"q": q_out, "idx": gaps, "scale": np.array([scale], dtype=_F32)}, error.reshape(update.shape)
+
+    def unpack(self, key: str, parts: Arrays, shape: tuple[int, ...]) -> np.ndarray:
+        q = parts["q"]
+        _expect(f"{key}{SEP}q", q, np.int8, (q.size,))
+        gaps = _expect(f"{key}{SEP}idx", parts["idx"], np.uint8, q.shape)
+        scale = _expect(f"{key}{SEP}scale", parts["scale"], _F32, (1,))
+        positions = np.cumsum(gaps, dtype=np.int64)
+        flat = np.zeros(math.prod(shape), dtype=_F32)
+        if positions.size and positions[-1] >= flat.size:
+            raise ValueError(f"payload {key}{SEP}idx points past the {flat.size} entries of {key!r}")
+        flat[positions] = q.astype(_F32) * scale[0]
+        return flat.reshape(shape)
+
+
+def full_codec(codec: Codec) -> Codec:
+    """The codec of a first-contact broadcast: fp32 for delta codecs, the codec itself otherwise."""
+    return get_codec("fp32") if codec.is_delta else codec
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """One round's downlink: what every receiving client will hold, and both ways to send it."""
+
+    version: int
+    arrays: Arrays  # what a client holds after decoding; the reference of its uplink this round
+    full: Arrays  # payload for a node that does not hold ``base_version`` (first contact, missed rounds)
+    delta: Arrays | None  # payload for a node that holds ``base_version``; None on the first broadcast
+    base_version: int | None
+
+    def payload_for(self, held_version: int | None) -> tuple[Arrays, int | None]:
+        """``(payload, version it decodes against or None for full)`` for a node holding ``held_version``."""
+        if self.delta is not None and held_version == self.base_version:
+            return self.delta, self.base_version
+        return self.full, None
+
+
+def encode_broadcast(codec: Codec, global_arrays: Arrays, previous: Broadcast | None) -> Broadcast:
+    """Encode the server's fp32 global adapter for the next round, against the previous broadcast.
+
+    The full payload carries exactly ``arrays`` (lossless fp32, or fp16 values for ``fp16``), so nodes
+    that get the delta and nodes that get the full payload hold the same weights afterwards.
+    """
+    if previous is None:
+        full, _ = full_codec(codec).encode(global_arrays, None, None)
+        return Broadcast(0, full_codec(codec).decode(full, None), full, None, None)
+    delta, _ = codec.encode(global_arrays, previous.arrays, None)
+    arrays = codec.decode(delta, previous.arrays)
+    full, _ = full_codec(codec).encode(arrays, None, None)
+    return Broadcast(previous.version + 1, arrays, full, delta, previous.version)
+
+
+def decode_broadcast(
+    codec: Codec, payload: Arrays, base_version: int | None, held_version: int | None, held: Arrays | None
+) -> Arrays:
+    """Client side of :func:`encode_broadcast`: the broadcast's ``arrays`` from what was received."""
+    if base_version is None:
+        return full_codec(codec).decode(payload, None)
+    if held is None or held_version != base_version:
+        raise ValueError(f"broadcast is a delta against version {base_version}, this node holds {held_version}")
+    return codec.decode(payload, held)
