@@ -151,9 +151,12 @@ class FullCodec:
     ) -> tuple[Arrays, Arrays | None]:
         payload = {}
         for key, value in arrays.items():
-            wire = _fp32(key, value).astype(self.dtype)
-            _check_finite(key, wire, f"values that do not fit {self.dtype}")
-            if reference is not None and key in reference and _same_bits(wire.astype(_F32), reference[key]):
+            value = _fp32(key, value)
+            with np.errstate(over="ignore"):  # overflow becomes inf, rejected just below
+                wire = value.astype(self.dtype)
+            _check_finite(key, wire, f"values that do not fit {self.name}")
+            ref = None if reference is None else reference.get(key)
+            if ref is not None and (_same_bits(value, ref) or _same_bits(wire.astype(_F32), ref)):
                 continue
             payload[key] = wire
         return payload, None
@@ -242,7 +245,8 @@ class DeltaFP16(DeltaCodec):
     name, parts = "delta-fp16", ("delta",)
 
     def pack(self, key: str, update: np.ndarray) -> tuple[Arrays, np.ndarray | None]:
-        wire = update.astype(np.float16)
+        with np.errstate(over="ignore"):
+            wire = update.astype(np.float16)
         _check_finite(key, wire, "an update that does not fit fp16")
         return {"delta": wire}, None
 
