@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flowertune.config import resolve
 from flowertune.federation import client_runtime as rt_mod
 from flowertune.logs import setup_logging
-from flowertune.models.adapter import adapter_config_dict, get_arrays, set_arrays
+from flowertune.models.adapter import adapter_config_dict, from_record, get_arrays, set_arrays, to_record
 from flowertune.train.loop import evaluate_loss, train_round
 
 app = ClientApp()
@@ -31,7 +31,7 @@ def initial_adapter(msg: Message, context: Context) -> Message:
     cfg = resolve(dict(context.run_config))
     rt = rt_mod.runtime(cfg)
     content = RecordDict({
-        "arrays": ArrayRecord(get_arrays(rt.model)),
+        "arrays": to_record(get_arrays(rt.model)),
         "adapter": ConfigRecord({"json": json.dumps(adapter_config_dict(rt.model))}),
     })
     return Message(content=content, reply_to=msg)
@@ -45,7 +45,7 @@ def train(msg: Message, context: Context) -> Message:
     pid, n = _partition(context)
     rt = rt_mod.runtime(cfg)
     data = rt_mod.client_data(cfg, rt, pid, n)
-    set_arrays(rt.model, {k: v.numpy() for k, v in msg.content["arrays"].items()})
+    set_arrays(rt.model, from_record(msg.content["arrays"]))
     config = msg.content["config"]
     server_round = int(config["server-round"])
     mu = float(config.get("proximal-mu", cfg.strategy.proximal_mu))
@@ -59,7 +59,7 @@ def train(msg: Message, context: Context) -> Message:
         "model_loads": rt_mod.MODEL_LOADS,
         "partition-id": pid,
     })
-    return Message(content=RecordDict({"arrays": ArrayRecord(get_arrays(rt.model)), "metrics": metrics}),
+    return Message(content=RecordDict({"arrays": to_record(get_arrays(rt.model)), "metrics": metrics}),
                    reply_to=msg)
 
 
@@ -71,7 +71,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     pid, n = _partition(context)
     rt = rt_mod.runtime(cfg)
     data = rt_mod.client_data(cfg, rt, pid, n)
-    set_arrays(rt.model, {k: v.numpy() for k, v in msg.content["arrays"].items()})
+    set_arrays(rt.model, from_record(msg.content["arrays"]))
     loss, n_tokens = evaluate_loss(rt.model, data.validation, cfg.train.batch_size, rt.pad_id)
     metrics = MetricRecord({"eval_loss": loss if n_tokens else 0.0, "num-examples": max(len(data.validation), 0)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -59,6 +59,18 @@ def get_arrays(model: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().float().cpu().numpy() for k, v in get_peft_model_state_dict(model).items()}
 
 
+def to_record(arrays: Mapping[str, np.ndarray]) -> Any:
+    """A Flower ``ArrayRecord`` holding ``arrays`` (numpy, any dtype but bf16)."""
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_record(record: Any) -> dict[str, np.ndarray]:
+    """The numpy arrays of an ``ArrayRecord``."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
 def check_arrays(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]) -> None:
     """Raise :class:`AdapterUpdateError` unless keys and shapes match and every value is finite."""
     missing = sorted(set(expected) - set(arrays))
@@ -76,7 +88,7 @@ def set_arrays(model: Any, arrays: Mapping[str, np.ndarray]) -> None:
     """Load adapter arrays into ``model`` after checking keys, shapes and finiteness."""
     from peft import set_peft_model_state_dict
 
-    expected = {k: tuple(v.shape) for k, v in get_arrays_shapes(model).items()}
+    expected = {k: tuple(s) for k, s in get_arrays_shapes(model).items()}
     check_arrays(arrays, expected)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     result = set_peft_model_state_dict(model, state)

@@ -1,0 +1,160 @@
+"""``flowertune run``: a real federated run through Flower's own runtime, without learning its CLI.
+
+Simulation: ``flwr run`` against a managed local SuperLink (Ray simulation engine) that lives in a
+flowertune-owned ``FLWR_HOME`` and uses this Python environment (no per-run ``uv sync``, so it works
+offline). Deployment: ``--superlink HOST:PORT`` submits the same app to a running SuperLink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from flowertune.config import ConfigError, Config, _toml_value, pyproject_section, resolve
+from flowertune.federation.rundir import SUMMARY, default_run_path
+
+
+def flowertune_home() -> Path:
+    """State of flowertune's own tools (``$FLOWERTUNE_HOME`` or ``~/.flowertune``)."""
+    return Path(os.environ.get("FLOWERTUNE_HOME", Path.home() / ".flowertune")).absolute()
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``k=v`` pairs (TOML values; bare words are strings) or paths of TOML files, in order."""
+    import tomllib
+
+    from flwr.common.config import flatten_dict
+
+    out: dict[str, Any] = {}
+    for item in items:
+        path = Path(item)
+        if item.endswith(".toml") and path.is_file():
+            out.update(flatten_dict(tomllib.loads(path.read_text())))
+            continue
+        for pair in shlex.split(item):
+            if "=" not in pair:
+                raise ConfigError(f"override {pair!r} is not of the form key=value")
+            k, v = pair.split("=", 1)
+            try:
+                out[k] = tomllib.loads(f"v = {v}")["v"]
+            except tomllib.TOMLDecodeError:
+                out[k] = v
+    return out
+
+
+def resolve_cli(preset: str | None, overrides: dict[str, Any], out: str | None) -> Config:
+    """Resolve preset + overrides exactly as the ServerApp would, and fix the run directory."""
+    flat = dict(overrides)
+    if preset:
+        flat["preset"] = preset
+    from flowertune.config import flat_defaults
+
+    cfg = resolve({**flat_defaults(), **flat})
+    path = Path(out).absolute() if out else default_run_path(cfg)
+    return resolve({**cfg.to_flat(), "run.output-dir": str(path), "run.preset-applied": True})
+
+
+def app_dir() -> Path:
+    """A Flower app directory for ``flwr run``: the source checkout, or a generated one for wheels."""
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "pyproject.toml").is_file() and "[tool.flwr.app]" in (repo / "pyproject.toml").read_text():
+        return repo
+    d = flowertune_home() / "app"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "flowertune-app"\nversion = "0.1.0"\ndependencies = []\n\n'
+        '[tool.flwr.app]\npublisher = "flowertune"\n\n[tool.flwr.app.components]\n'
+        'serverapp = "flowertune.server_app:app"\nclientapp = "flowertune.client_app:app"\n\n'
+        + pyproject_section()
+    )
+    return d
+
+
+def flwr_env() -> dict[str, str]:
+    """Environment for ``flwr``: our own FLWR_HOME, and no runtime dependency installation."""
+    env = dict(os.environ)
+    env.setdefault("FLWR_HOME", str(flowertune_home() / "flwr"))
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    return env
+
+
+def write_run_config(cfg: Config, directory: Path) -> Path:
+    """The resolved config as a TOML file for ``flwr run --run-config``."""
+    path = directory / "run-config.toml"
+    path.write_text("".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in cfg.to_flat().items()))
+    return path
+
+
+def flwr_command(cfg: Config, run_config: Path, num_supernodes: int, superlink: str | None) -> list[str]:
+    """The ``flwr run`` command line."""
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    cmd = [flwr, "run", str(app_dir())]
+    if superlink:
+        cmd.append(superlink)
+    cmd += ["--run-config", str(run_config), "--stream"]
+    if not superlink:
+        cmd += ["--federation-config", f"num-supernodes={num_supernodes}"]
+    return cmd
+
+
+def ensure_connection(name: str, address: str, env: dict[str, str]) -> None:
+    """Add an insecure SuperLink connection ``name`` to ``$FLWR_HOME/config.toml`` if missing."""
+    home = Path(env["FLWR_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = home / "config.toml"
+    text = cfg.read_text() if cfg.exists() else '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+    if f"[superlink.{name}]" not in text:
+        text += f'\n[superlink.{name}]\naddress = "{address}"\ninsecure = true\n'
+        cfg.write_text(text)
+
+
+def handle(args: argparse.Namespace) -> int:
+    try:
+        cfg = resolve_cli(args.preset, parse_overrides(args.run_config + args.overrides), args.out)
+    except (ConfigError, KeyError) as exc:
+        print(f"flowertune run: {exc}", file=sys.stderr)
+        return 2
+    num = args.num_supernodes or cfg.run.num_supernodes
+    env = flwr_env()
+    superlink = None
+    if args.superlink:
+        superlink = "flowertune-" + args.superlink.replace(":", "-").replace(".", "-")
+        ensure_connection(superlink, args.superlink, env)
+    run_path = Path(cfg.run.output_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = flwr_command(cfg, write_run_config(cfg, Path(tmp)), num, superlink)
+        print(f"flowertune run: preset {cfg.run.preset}, {cfg.run.num_server_rounds} rounds, "
+              f"{'deployment ' + args.superlink if superlink else f'{num} simulated SuperNodes'} -> {run_path}",
+              flush=True)
+        rc = subprocess.call(cmd, env=env)
+    summary = run_path / SUMMARY
+    if rc != 0 or not summary.exists():
+        print(f"flowertune run: the run did not finish (flwr exit code {rc}); see the log above and {run_path}",
+              file=sys.stderr)
+        return rc or 1
+    s = json.loads(summary.read_text())
+    print(f"\nrun directory: {run_path}\n  rounds {s['rounds']}, eval loss {s['eval_loss_first']} -> "
+          f"{s['eval_loss_last']}, communication {s['comm_cost_mb']:.2f} MB, {s['wall_s']:.0f} s\n"
+          f"  final adapter: {run_path / 'final_adapter'}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a federated fine-tuning (simulation or deployment)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (see `flowertune keys`)")
+    p.add_argument("--preset", help="quickstart (default) | medical | finance | code | general-nlp")
+    p.add_argument("--run-config", "-c", action="append", default=[],
+                   help="'k1=v1 k2=v2' or a TOML file; repeatable (same keys as pyproject)")
+    p.add_argument("--num-supernodes", type=int, help="simulated SuperNodes (default: the preset's)")
+    p.add_argument("--out", help="run directory (default ~/flowertune-runs/<time>-<preset>)")
+    p.add_argument("--superlink", help="HOST:PORT of a running SuperLink (deployment mode)")
+    p.set_defaults(func=handle)
