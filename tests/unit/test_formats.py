@@ -1,0 +1,31 @@
+import pytest
+
+from flowertune.config import DataConfig
+from flowertune.data.formats import FORMATS, DataFormatError
+
+ROW = {"instruction": "Answer this question truthfully", "input": "What causes scurvy?", "output": "Vitamin C lack."}
+
+
+def test_challenge_mappings_match_flowertune_reformat():
+    cfg = DataConfig()
+    assert FORMATS.get("medical")(ROW, cfg) == ("What causes scurvy?", "Vitamin C lack.")
+    assert FORMATS.get("finance")(ROW, cfg) == ("Answer this question truthfully What causes scurvy?", "Vitamin C lack.")
+    assert FORMATS.get("code")({**ROW, "input": ""}, cfg) == ("Answer this question truthfully", "Vitamin C lack.")
+    assert FORMATS.get("general-nlp")(ROW, cfg) == ("Answer this question truthfully", "Vitamin C lack.")
+
+
+def test_generic_uses_configured_columns():
+    cfg = DataConfig(format="generic", instruction_column="q", input_column="", response_column="a")
+    assert FORMATS.get("generic")({"q": "Why?", "a": "Because."}, cfg) == ("Why?", "Because.")
+
+
+def test_missing_column_names_columns_and_fix():
+    cfg = DataConfig(format="generic", response_column="answer")
+    with pytest.raises(DataFormatError) as exc:
+        FORMATS.get("generic")(ROW, cfg)
+    assert "'answer'" in str(exc.value) and "data.response-column" in str(exc.value) and "'output'" in str(exc.value)
+
+
+def test_unknown_format_lists_valid():
+    with pytest.raises(KeyError, match="general-nlp"):
+        FORMATS.get("legal")
