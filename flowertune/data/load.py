@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from importlib import resources
 from pathlib import Path
 
 import datasets
@@ -26,7 +25,7 @@ def sample_path(name: str) -> Path:
     """Path of a dataset shipped in the package (``sample:<name>``)."""
     if name not in SAMPLES:
         raise ConfigError(f"unknown sample dataset 'sample:{name}'; shipped samples: {sorted(SAMPLES)}")
-    return Path(str(resources.files("flowertune") / "samples" / SAMPLES[name]))
+    return Path(__file__).resolve().parents[1] / "samples" / SAMPLES[name]
 
 
 def _local_builder(path: Path) -> str:

@@ -56,7 +56,7 @@ def get_arrays(model: Any) -> dict[str, np.ndarray]:
     """The adapter state as fp32 numpy arrays, keyed like PEFT's saved adapters."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().float().cpu().numpy() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: v.detach().float().cpu().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> Any:
