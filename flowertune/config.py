@@ -103,6 +103,8 @@ class RunConfig:
     output_dir: str = key("run.output-dir", "", "absolute run directory ('' = ~/flowertune-runs/<time>-<preset>)")
     wire_codec: str = key("wire.codec", "fp32", "encoding of adapter arrays on the wire")
     progress: bool = key("run.progress", True, "progress bars on long loops")
+    preset_applied: bool = key("run.preset-applied", False,
+                               "the values already include the preset (set by `flowertune run`; no re-layering)")
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,8 @@ def resolve(run_config: Mapping[str, Any]) -> Config:
     from flowertune.presets import preset_overrides
 
     check_keys(run_config)
+    if run_config.get("run.preset-applied") is True:
+        return from_flat(run_config)
     defaults = flat_defaults()
     name = str(run_config.get("preset", defaults["preset"]))
     merged: dict[str, Any] = dict(preset_overrides(name))
