@@ -78,6 +78,7 @@ class Codec(Protocol):
 
 
 CODECS: Registry[type] = Registry("wire codec")  # name -> codec class; options go to its __init__
+DEFAULT_CODEC = "fp32"  # lossless: what was sent before codecs existed
 
 
 def get_codec(name: str, **options: Any) -> Codec:

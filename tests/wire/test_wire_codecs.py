@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord
 
-from flowertune.wire import CODECS, SEP, from_array_record, get_codec, payload_bytes, to_array_record
+from flowertune.wire import CODECS, DEFAULT_CODEC, SEP, from_array_record, get_codec, payload_bytes, to_array_record
 
 Q = "base_model.model.model.layers.0.self_attn.q_proj"
 V = "base_model.model.model.layers.0.self_attn.v_proj"
@@ -42,6 +42,7 @@ def roundtrip(name: str, ref: dict, new: dict, **options) -> tuple[dict, dict, d
 
 def test_registry_lists_the_codecs():
     assert CODECS.names() == ["delta-fp16", "delta-int8", "delta-topk-int8", "fp16", "fp32"]
+    assert get_codec(DEFAULT_CODEC).lossless
     with pytest.raises(KeyError, match="fp32"):
         get_codec("gzip")
     with pytest.raises(ValueError, match="does not take options"):
