@@ -1,0 +1,56 @@
+"""Running flowertune through Flower's real runtimes from tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def isolated_env(home: Path) -> dict[str, str]:
+    """A private FLOWERTUNE_HOME/FLWR_HOME and private ports for the managed local SuperLink."""
+    env = dict(os.environ)
+    env.update({
+        "FLOWERTUNE_HOME": str(home), "FLWR_HOME": str(home / "flwr"), "HF_HUB_OFFLINE": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "RAY_DEDUP_LOGS": "0",
+    })
+    return env
+
+
+def kill_processes_mentioning(text: str) -> None:
+    """Stop detached Flower processes started for one test (found by their private FLWR_HOME)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if text in args and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def tiny_overrides(model_dir: Path, data: Path, **extra: object) -> list[str]:
+    cfg = {
+        "model.name": str(model_dir), "static.dataset.name": str(data), "num-server-rounds": 2,
+        "train.training-arguments.max-steps": 2, "train.training-arguments.per-device-train-batch-size": 2,
+        "train.seq-length": 96, "train.save-every-round": 1, "strategy.fraction-train": 1.0,
+        "model.lora.peft-lora-r": 4, "run.progress": False, **extra,
+    }
+    return [f"{k}={json.dumps(v)}" for k, v in cfg.items()]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
