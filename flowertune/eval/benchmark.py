@@ -43,6 +43,8 @@ class Benchmark:
     stop: tuple[str, ...] = ()
     # whether prompts are wrapped in the tokenizer's chat template (leaderboard: no)
     chat_template: bool = False
+    # per-item verdict for the items file (None: the benchmark has no per-item verdict, e.g. it is in score)
+    is_correct: Callable[[Any, Item], bool] | None = None
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")

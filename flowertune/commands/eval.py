@@ -1,0 +1,114 @@
+"""``flowertune eval``: score a base model, an adapter or a finished run on the FlowerTune benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from flowertune.eval.benchmark import SUITES
+
+DATA_ENV = "FLOWERTUNE_DATA_DIR"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``eval`` on the ``flowertune`` subparsers."""
+    parser = subparsers.add_parser("eval", help="run FlowerTune benchmarks", description=__doc__)
+    configure(parser)
+    parser.set_defaults(func=handler)
+    return parser
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The ``eval`` options."""
+    parser.add_argument("--model", help="model.name (Hub id, local dir, .gguf, 'embedded'); default from --run")
+    parser.add_argument("--adapter", type=Path, help="PEFT adapter directory to apply on the model")
+    parser.add_argument("--run", type=Path, help="run directory: evaluates <run>/final_adapter on its model")
+    parser.add_argument("--suite", choices=sorted(SUITES), help="all benchmarks of a challenge")
+    parser.add_argument("--benchmarks", default="", help="comma-separated benchmark names (added to --suite)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=f"local benchmark data (default: ${DATA_ENV}, else the Hugging Face Hub)")
+    parser.add_argument("--limit", type=int, default=None, help="first N items of each benchmark")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument("--quantization", type=int, default=0, choices=(0, 4, 8),
+                        help="load the base model in 4/8 bits (CUDA; the leaderboard evaluates with 4)")
+    parser.add_argument("--out", type=Path, help="output directory (default with --run: <run>/eval)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def benchmark_names(suite: str | None, benchmarks: str) -> list[str]:
+    """The suite's benchmarks then the extra names, without repeats, in order."""
+    names = list(SUITES[suite]) if suite else []
+    names += [b.strip() for b in benchmarks.split(",") if b.strip()]
+    return list(dict.fromkeys(names))
+
+
+def run_model_name(run_dir: Path) -> str:
+    """``model.name`` from ``<run>/config.json`` (the resolved flat config, possibly under ``"config"``)."""
+    data = json.loads((run_dir / "config.json").read_text())
+    flat = data.get("config", data) if isinstance(data.get("config"), dict) else data
+    return str(flat["model.name"])
+
+
+def data_dir_from(arg: Path | None) -> Path | None:
+    """``--data-dir``, else ``$FLOWERTUNE_DATA_DIR``, else None (the Hub)."""
+    if arg is not None:
+        return arg.absolute()
+    env = os.environ.get(DATA_ENV)
+    return Path(env).absolute() if env else None
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Resolve model/adapter/output from the arguments, load them and run the harness."""
+    from flowertune.config import ModelConfig
+    from flowertune.eval.harness import evaluate
+    from flowertune.eval.leaderboard import format_table
+    from flowertune.models.load import load_model, load_tokenizer
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    names = benchmark_names(args.suite, args.benchmarks)
+    if not names:
+        print("flowertune eval: give --suite and/or --benchmarks", file=sys.stderr)
+        return 2
+    model_name, adapter, out = args.model, args.adapter, args.out
+    if args.run is not None:
+        model_name = model_name or run_model_name(args.run)
+        adapter = adapter or args.run / "final_adapter"
+        out = out or args.run / "eval"
+    if model_name is None or out is None:
+        print("flowertune eval: give --model and --out, or --run", file=sys.stderr)
+        return 2
+    cfg = ModelConfig(name=model_name, dtype=args.dtype, quantization=args.quantization)
+    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+        model.eval()
+    results = evaluate(model, tokenizer, names, data_dir_from(args.data_dir), args.limit, args.batch_size,
+                       Path(out), progress=not args.no_progress)
+    print(f"results: {Path(out) / 'results.json'}")
+    try:
+        print(format_table(results, run_dir=args.run))
+    except ValueError:
+        pass  # only benchmarks outside any challenge were run
+    for name, res in results.items():
+        print(f"{name}: score {res['score']:.2f}  n {res['n']}  {res['seconds']:.1f} s  {res['items_per_s']} items/s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flowertune.commands.eval``: the same command without the ``flowertune`` entry point."""
+    parser = argparse.ArgumentParser(prog="flowertune eval", description=__doc__)
+    configure(parser)
+    return handler(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

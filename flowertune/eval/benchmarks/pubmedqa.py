@@ -1,0 +1,43 @@
+"""PubMedQA (PQA-L, BigBio fold0 test, 500 items): yes/no/maybe from an abstract, FlowerTune medical protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flowertune.eval.benchmark import Item, register
+from flowertune.eval.protocol import leaderboard_benchmark, leaderboard_items, leaderboard_prompt
+
+HUB_ID, HUB_CONFIG = "bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source"
+INSTRUCTION = (
+    "As an expert doctor in clinical science and medical knowledge, can you tell me if the following "
+    "statement is correct? Answer yes, no, or maybe."
+)
+
+
+def build_prompt(contexts: list[str], question: str) -> str:
+    """All abstract sections, one per line, then the question."""
+    return leaderboard_prompt(INSTRUCTION, "\n".join(contexts) + "\n" + question)
+
+
+def _rows(data_dir: Path | None) -> list[tuple[str, list[str], str, str]]:
+    if data_dir is None:
+        # a loading script: needs datasets<4 (FlowerTune pins datasets==2.20.0)
+        from datasets import load_dataset
+
+        ds = load_dataset(HUB_ID, HUB_CONFIG, split="test", trust_remote_code=True)
+        return [(str(r["PUBMED_ID"]), list(r["CONTEXTS"]), r["QUESTION"], r["final_decision"]) for r in ds]
+    # pubmedqa/pubmedqa: the 500 test PMIDs (in file order) index the 1000 labelled questions
+    folder = data_dir / "pubmedqa"
+    questions = json.loads((folder / "ori_pqal.json").read_text())
+    test_ids = json.loads((folder / "test_ground_truth.json").read_text())
+    return [(pmid, questions[pmid]["CONTEXTS"], questions[pmid]["QUESTION"], questions[pmid]["final_decision"])
+            for pmid in test_ids]
+
+
+def load(data_dir: Path | None) -> list[Item]:
+    """The 500 test questions in protocol order; gold is ``final_decision``."""
+    return leaderboard_items((pmid, build_prompt(ctx, q), gold, {}) for pmid, ctx, q, gold in _rows(data_dir))
+
+
+BENCHMARK = register(leaderboard_benchmark("pubmedqa", "medical", load, answer_type="boolean"))

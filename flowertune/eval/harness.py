@@ -1,0 +1,151 @@
+"""Run registered benchmarks on a model: batched greedy generation, answer extraction, results files.
+
+The harness owns everything a benchmark does not: tokenization, batching (items sorted by token budget and
+prompt length, left-padded), greedy generation with the KV cache, per-row stopping (own token budget, EOS,
+the benchmark's stop strings), timing, and the output files in ``out_dir``:
+
+* ``results.json``: ``{benchmark: {score, n, protocol, seconds, items_per_s, ...extra metrics}}``, rewritten
+  after each benchmark so an interrupted run keeps what finished;
+* ``items-<benchmark>.jsonl``: one line per item in protocol order: id, prompt, generation, extracted, gold,
+  correct.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import flowertune.eval.benchmarks  # noqa: F401  (registers the built-in benchmarks)
+from flowertune.eval.benchmark import BENCHMARKS, Benchmark, Item
+
+log = logging.getLogger(__name__)
+
+
+class _RowStop:
+    """Stopping criterion with a verdict per row: own token budget reached or a stop string generated."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, budgets: Sequence[int], stop: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.budgets = torch.tensor(list(budgets))
+        self.stop = tuple(stop)
+        self.done = torch.zeros(len(budgets), dtype=torch.bool)
+        self.end_ids = torch.tensor([i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len:].cpu()
+        self.done |= self.budgets <= new.shape[1]
+        if new.shape[1]:  # rows that ended with EOS are finished inside generate; skip decoding them
+            self.done |= torch.isin(new[:, -1], self.end_ids)
+        if self.stop:
+            for row in (~self.done).nonzero().flatten().tolist():
+                text = self.tokenizer.decode(new[row], skip_special_tokens=True)
+                self.done[row] = any(s in text for s in self.stop)
+        return self.done.to(input_ids.device)
+
+
+def _render(bench: Benchmark, item: Item, tokenizer: Any) -> str:
+    if not bench.chat_template:
+        return item.prompt
+    messages = [{"role": "user", "content": item.prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.inference_mode()
+def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
+                   stop: Sequence[str] = ()) -> list[str]:
+    """Greedy continuations of token-id prompts, left-padded in one batch; each row stops on its own."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        attention[row, width - len(ids):] = 1
+    criterion = _RowStop(tokenizer, width, budgets, stop)
+    out = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        max_new_tokens=max(budgets),
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        use_cache=True,
+        pad_token_id=pad,
+        stopping_criteria=[criterion],
+    )
+    new = out[:, width:].cpu()
+    return [tokenizer.decode(new[row, :budget], skip_special_tokens=True) for row, budget in enumerate(budgets)]
+
+
+def run_benchmark(model: Any, tokenizer: Any, bench: Benchmark, items: Sequence[Item], batch_size: int,
+                  progress: bool = True) -> list[str]:
+    """Generations for ``items`` (returned in the items' order), batched by budget and prompt length."""
+    from tqdm.auto import tqdm
+
+    ids = [tokenizer(_render(bench, it, tokenizer))["input_ids"] for it in items]
+    budgets = [int(bench.max_new_tokens(it, tokenizer)) for it in items]
+    # equal budgets together, then similar lengths together: little padding and few wasted decode steps
+    order = sorted(range(len(items)), key=lambda i: (budgets[i], len(ids[i])))
+    generations = [""] * len(items)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=bench.name, unit="batch", disable=not progress):
+        texts = generate_batch(model, tokenizer, [ids[i] for i in batch], [budgets[i] for i in batch], bench.stop)
+        for i, text in zip(batch, texts):
+            generations[i] = text
+    return generations
+
+
+def _write_items(path: Path, bench: Benchmark, items: Sequence[Item], generations: Sequence[str],
+                 extracted: Sequence[Any]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for item, text, answer in zip(items, generations, extracted):
+            correct = bench.is_correct(answer, item) if bench.is_correct else None
+            row = {"id": item.id, "prompt": item.prompt, "generation": text, "extracted": answer,
+                   "gold": item.gold, "correct": correct}
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def evaluate(model: Any, tokenizer: Any, benchmark_names: Sequence[str], data_dir: Path | None,
+             limit: int | None, batch_size: int, out_dir: Path, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Run each named benchmark (first ``limit`` items in protocol order when given) and write the results.
+
+    ``data_dir`` is the local data layout (``/work/shared/data`` style) or None for the Hugging Face Hub.
+    Returns the same mapping that is written to ``out_dir/results.json``.
+    """
+    benches = [BENCHMARKS.get(name) for name in benchmark_names]  # unknown names fail before any work
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.padding_side = "left"
+    model.eval()
+    results: dict[str, dict[str, Any]] = {}
+    for bench in benches:
+        items = bench.load(data_dir)
+        if limit is not None:
+            items = items[:limit]
+        start = time.perf_counter()
+        generations = run_benchmark(model, tokenizer, bench, items, batch_size, progress)
+        extracted = [bench.extract(text, item) for text, item in zip(generations, items)]
+        metrics = bench.score(extracted, items)
+        seconds = time.perf_counter() - start
+        results[bench.name] = {
+            "score": float(metrics["score"]),
+            "n": len(items),
+            "protocol": bench.protocol,
+            "seconds": round(seconds, 3),
+            "items_per_s": round(len(items) / seconds, 3) if seconds > 0 else None,
+            **{k: v for k, v in metrics.items() if k != "score"},
+        }
+        _write_items(out_dir / f"items-{bench.name}.jsonl", bench, items, generations, extracted)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        log.info("%s: score %.2f on %d items in %.1f s", bench.name, metrics["score"], len(items), seconds)
+    return results

@@ -1,0 +1,85 @@
+"""A FlowerTune leaderboard row from ``results.json``: per-benchmark scores, their average, comm. cost."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flowertune.eval.benchmark import SUITES
+
+MB = 1024**2  # FlowerTune's CommunicationTracker reports bytes / 1024**2 as "MB"
+# the leaderboard's column titles; general-nlp shows the three MMLU categories instead of "mmlu"
+_TITLES = {
+    "pubmedqa": "PubMedQA", "medmcqa": "MedMCQA", "medqa": "MedQA", "careqa": "CareQA",
+    "fpb": "FPB", "fiqa": "FIQA", "tfns": "TFNS",
+    "humaneval": "HumanEval", "mbpp": "MBPP", "multiple-js": "MultiPL-E (JS)", "multiple-cpp": "MultiPL-E (C++)",
+    "stem": "STEM", "social_sciences": "SS", "humanities": "Humanities",
+}
+_MMLU_COLUMNS = ("stem", "social_sciences", "humanities")
+
+
+def communication_mb(run_dir: Path) -> float | None:
+    """Cumulative bytes on the wire of a run, in MB: the last ``bytes_cumulative`` in ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    last = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if '"bytes_cumulative"' in line:
+            last = json.loads(line)["bytes_cumulative"]
+    return None if last is None else int(last) / MB
+
+
+def guess_challenge(results: Mapping[str, Any]) -> str | None:
+    """The suite with the most benchmarks present in the results (None when no suite matches)."""
+    counts = {suite: sum(name in results for name in names) for suite, names in SUITES.items()}
+    best = max(counts, key=lambda s: counts[s])
+    return best if counts[best] else None
+
+
+def challenge_scores(results: Mapping[str, Any], challenge: str) -> dict[str, float | None]:
+    """Leaderboard columns of ``challenge`` (None for a benchmark that was not run)."""
+    if challenge not in SUITES:
+        raise KeyError(f"unknown challenge {challenge!r}; valid challenges: {', '.join(sorted(SUITES))}")
+    if challenge == "general-nlp":
+        mmlu = results.get("mmlu", {})
+        return {col: (float(mmlu[col]) if col in mmlu else None) for col in _MMLU_COLUMNS}
+    return {name: (float(results[name]["score"]) if name in results else None) for name in SUITES[challenge]}
+
+
+def format_table(results: Mapping[str, Any], challenge: str | None = None, run_dir: Path | None = None) -> str:
+    """A markdown table like the leaderboard's: one column per benchmark, the average, and comm. cost.
+
+    The average is over the benchmarks present; it is marked ``(partial)`` when some are missing or ran on
+    a subset (``n`` smaller than another benchmark's is not detectable, so a ``--limit`` run is only
+    flagged through the ``n`` row).
+    """
+    challenge = challenge or guess_challenge(results)
+    if challenge is None:
+        raise ValueError("results.json holds no benchmark of any challenge; pass --challenge")
+    scores = challenge_scores(results, challenge)
+    present = [v for v in scores.values() if v is not None]
+    average = sum(present) / len(present) if present else None
+    header = [_TITLES.get(k, k) for k in scores] + ["Avg"]
+    row = [f"{v:.2f}" if v is not None else "-" for v in scores.values()]
+    row.append(("-" if average is None else f"{average:.2f}") + (" (partial)" if len(present) < len(scores) else ""))
+    if challenge == "general-nlp":
+        counts = [str(int(results.get("mmlu", {}).get(f"n_{k}", 0))) for k in scores] + [""]
+    else:
+        counts = [str(results[k]["n"]) if k in results else "-" for k in scores] + [""]
+    if run_dir is not None:
+        mb = communication_mb(run_dir)
+        header.append("Comm. Costs")
+        row.append("-" if mb is None else f"{mb:,.2f} MB")
+        counts.append("")
+    lines = [
+        f"Challenge: {challenge}",
+        "",
+        "| " + " | ".join(["", *header]) + " |",
+        "|" + "---|" * (len(header) + 1),
+        "| " + " | ".join(["score", *row]) + " |",
+        "| " + " | ".join(["n", *counts]) + " |",
+    ]
+    return "\n".join(lines)
