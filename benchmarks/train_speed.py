@@ -1,0 +1,200 @@
+"""Local LoRA training speed of the embedded SmolLM2-135M-Instruct: each lever against the plain PEFT loop.
+
+Every configuration trains a fresh LoRA adapter (r=8, q/v, AdamW) on the same batches of chat-template
+instruction examples (64-512 tokens, mean ~200, response-only labels). Speed: all configurations step
+round-robin in one process, so background load hits them alike; tokens/s counts real (non-padding) tokens
+only. Peak RSS and the first-step loss come from a one-step subprocess per configuration.
+
+    python benchmarks/train_speed.py            # both settings, all levers (~15 min on 2 cores)
+    python benchmarks/train_speed.py --quick    # CI smoke run (< 2 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+WORDS = (  # noqa: SIM905 - one readable word list
+    "patient dose symptoms treatment clinical trial revenue margin quarter earnings function returns list "
+    "value error the a of and to in is for with that on as this model data result analysis risk because "
+    "increase decrease therefore however study shows significant effect market price interest rate loop "
+    "variable string integer python compute answer question explain describe why how what which between"
+).split()
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One training configuration."""
+
+    name: str
+    dtype: str = "float32"  # base weights: float32 | bfloat16
+    autocast: bool = False  # bf16 autocast over fp32 weights
+    mode: str = "pad"  # collate mode
+    fused: bool = False  # hidden-states loss without full logits
+    attn: str = "sdpa"
+    compile: bool = False
+    pack_length: int = 1024
+    large: bool = False  # also measured at batch 16 x 512
+
+
+LEVERS = [
+    Lever("plain PEFT loop (fp32, padded, full logits)", large=True),
+    Lever("bf16 autocast", autocast=True, large=True),
+    Lever("bf16 weights", dtype="bfloat16", large=True),
+    Lever("bf16 weights + target-only loss", dtype="bfloat16", fused=True, large=True),
+    Lever("fp32 + packing + target-only loss", mode="pack", fused=True),
+    Lever("bf16 + packing + target-only loss (default)", dtype="bfloat16", mode="pack", fused=True, large=True),
+    Lever("default, pack rows of 512", dtype="bfloat16", mode="pack", fused=True, pack_length=512),
+    Lever("default, pack rows of 2048", dtype="bfloat16", mode="pack", fused=True, pack_length=2048),
+    Lever("default + eager attention", dtype="bfloat16", mode="pack", fused=True, attn="eager"),
+    Lever("default + torch.compile", dtype="bfloat16", mode="pack", fused=True, compile=True),
+]
+QUICK = [LEVERS[0], LEVERS[5]]
+
+
+def make_examples(tokenizer, n: int, max_len: int, seed: int = 0) -> list:
+    """Chat-template instruction examples, 64-512 tokens before truncation to ``max_len``, mean ~200."""
+    from flowertune.train.batching import IGNORE, Example
+
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        target = min(512, max(64, int(rng.lognormvariate(5.15, 0.5))))
+        q_words = max(4, int(target * rng.uniform(0.2, 0.7) * 0.8))
+        a_words = max(4, int(target * 0.8) - q_words - 30)
+        question = " ".join(rng.choice(WORDS) for _ in range(q_words)) + "?"
+        answer = " ".join(rng.choice(WORDS) for _ in range(a_words)) + "."
+        msgs = [{"role": "user", "content": question}]
+        prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": answer}], tokenize=False)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_len]
+        labels = ([IGNORE] * len(p_ids) + ids[len(p_ids):])[: len(ids)]
+        out.append(Example(ids, labels))
+    return out
+
+
+def build(lever: Lever, tok):
+    """A fresh LoRA model prepared as ``lever`` says."""
+    import peft
+    import torch
+
+    from flowertune.config import ModelConfig
+    from flowertune.models.load import load_model
+    from flowertune.train.loss import _body_and_head
+    from flowertune.train.precision import prepare_for_training
+
+    torch.manual_seed(0)
+    model = load_model(ModelConfig(name="embedded", dtype="float32"), device=torch.device("cpu"))
+    model = peft.get_peft_model(model, peft.LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    prepare_for_training(model, dtype=lever.dtype, attn_implementation=lever.attn)
+    model.train()
+    if lever.compile:
+        body, _ = _body_and_head(model)
+        body.compile(dynamic=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, params, torch.optim.AdamW(params, lr=2e-4)
+
+
+def train_step(lever: Lever, model, params, opt, batch) -> float:
+    """One optimizer step on ``batch``; returns the mean loss."""
+    import torch
+
+    from flowertune.train.loss import causal_lm_loss
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever.autocast):
+        loss_sum, n = causal_lm_loss(model, batch, fused=lever.fused)
+    loss = loss_sum / max(n, 1)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def batches_for(lever: Lever, examples: list, batch_size: int, pad_id: int) -> list:
+    from flowertune.train.batching import collate
+
+    return [collate(examples[i : i + batch_size], pad_id, mode=lever.mode, pack_length=lever.pack_length)
+            for i in range(0, len(examples), batch_size)]
+
+
+def memory_one(lever: Lever, batch_size: int, max_len: int) -> dict:
+    """Peak RSS and first-step loss of ``lever`` alone (run in a subprocess)."""
+    from flowertune.config import ModelConfig
+    from flowertune.models.load import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(name="embedded"))
+    examples = make_examples(tok, batch_size, max_len)
+    model, params, opt = build(lever, tok)
+    loss = train_step(lever, model, params, opt, batches_for(lever, examples, batch_size, tok.pad_token_id)[0])
+    return {"first_loss": loss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def speed_all(levers: list[Lever], batch_size: int, max_len: int, steps: int) -> list[float]:
+    """Real tokens/s of each lever, stepping all levers round-robin on the same batches.
+
+    Round-robin puts every configuration under the same background load (shared CI/dev machines); the
+    rate is the median over timed steps of real tokens / step wall time. One warm-up step is not timed.
+    """
+    from flowertune.config import ModelConfig
+    from flowertune.models.load import load_tokenizer
+    from flowertune.train.batching import count_real_tokens
+
+    tok = load_tokenizer(ModelConfig(name="embedded"))
+    examples = make_examples(tok, batch_size * (steps + 1), max_len)
+    runs = [(lv, *build(lv, tok), batches_for(lv, examples, batch_size, tok.pad_token_id)) for lv in levers]
+    rates: list[list[float]] = [[] for _ in levers]
+    for step in range(steps + 1):
+        for k, (lever, model, params, opt, batches) in enumerate(runs):
+            t0 = time.perf_counter()
+            train_step(lever, model, params, opt, batches[step])
+            if step > 0:
+                rates[k].append(count_real_tokens(batches[step]) / (time.perf_counter() - t0))
+        print(f"  {batch_size}x{max_len}: step {step}/{steps} done", file=sys.stderr)
+    return [statistics.median(r) for r in rates]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="two configurations, batch 4 x 256, 1 timed step")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
+    ap.add_argument("--only", default="", help="comma-separated indices into the lever list")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        job = json.loads(args.one)
+        print("RESULT " + json.dumps(memory_one(Lever(**job.pop("lever")), **job)))
+        return
+    levers = QUICK if args.quick else LEVERS
+    if args.only:
+        levers = [LEVERS[int(i)] for i in args.only.split(",")]
+    settings = [(4, 256, levers)] if args.quick else [(4, 256, levers), (16, 512, [lv for lv in levers if lv.large])]
+    rows = []
+    for batch_size, max_len, chosen in settings:
+        steps = args.steps or (1 if args.quick else 3)
+        speeds = speed_all(chosen, batch_size, max_len, steps)
+        for lever, speed in zip(chosen, speeds):
+            job = {"lever": asdict(lever), "batch_size": batch_size, "max_len": max_len}
+            proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)],
+                                  check=False, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            mem = json.loads(lines[-1][7:]) if lines else {"first_loss": float("nan"), "peak_rss_mb": float("nan")}
+            rows.append((f"{batch_size}x{max_len}", lever.name, speed, speed / speeds[0], mem))
+    print(f"\n{'batch':<8} {'configuration':<46} {'real tok/s':>10} {'vs plain':>9} {'peak RSS MB':>12} "
+          f"{'loss step 1':>12}")
+    for setting, name, speed, ratio, mem in rows:
+        print(f"{setting:<8} {name:<46} {speed:>10.0f} {ratio:>8.2f}x {mem['peak_rss_mb']:>12.0f} "
+              f"{mem['first_loss']:>12.4f}")
+
+
+if __name__ == "__main__":
+    main()

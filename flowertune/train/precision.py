@@ -1,0 +1,59 @@
+"""Prepare a (PEFT-wrapped) model for fast local training: weight dtypes, attention, threads.
+
+Measured on the project's 2-core CPU (benchmarks/train_speed.py): a frozen base model held in bf16 with the
+trainable LoRA parameters in fp32 is much faster than fp32 weights or fp32 weights under bf16 autocast, and
+the fp32 adapter keeps AdamW updates and the wire format (fp32 arrays) exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 beats fp32 by ~6x."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def training_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """The dtype for the frozen base weights: ``requested`` unless it is ``auto``.
+
+    ``auto`` is bf16 on CUDA with bf16 support and on CPUs with native bf16 matmul, else fp32.
+    """
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if requested != "auto":
+        return names[requested]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
+
+
+def prepare_for_training(model: Any, dtype: str = "auto", attn_implementation: str | None = "sdpa") -> Any:
+    """Cast frozen weights to the training dtype and trainable ones to fp32; switch off the KV cache.
+
+    Call it after wrapping the model with PEFT and before building the optimizer (the optimizer must see
+    the fp32 trainable parameters). Quantized (bitsandbytes) models are left to PEFT's own preparation.
+    Returns ``model`` (modified in place).
+    """
+    device = next(model.parameters()).device
+    target = training_dtype(dtype, device)
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if not quantized:
+        for p in model.parameters():
+            want = torch.float32 if p.requires_grad else target
+            if p.dtype != want and p.is_floating_point():
+                p.data = p.data.to(want)
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.use_cache = False
+    if attn_implementation is not None and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(attn_implementation)
+    log.info("prepared for training: base %s, trainable fp32, attention %s", target, attn_implementation)
+    return model
