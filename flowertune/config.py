@@ -19,7 +19,7 @@ class ConfigError(ValueError):
     """A bad configuration value or key; the message names the key and the fix."""
 
 
-def key(name: str, default: Scalar, help: str) -> Any:  # noqa: A002 - mirrors argparse
+def key(name: str, default: Scalar, help: str) -> Any:
     """A dataclass field that carries its flat config key and a one-line description."""
     return field(default=default, metadata={"key": name, "help": help})
 
@@ -103,6 +103,9 @@ class RunConfig:
     output_dir: str = key("run.output-dir", "", "absolute run directory ('' = ~/flowertune-runs/<time>-<preset>)")
     wire_codec: str = key("wire.codec", "fp32", "encoding of adapter arrays on the wire")
     progress: bool = key("run.progress", True, "progress bars on long loops")
+    client_worker: str = key("run.client-worker", "auto",
+                             "keep the model in a resident per-node worker: auto (when Flower runs each message "
+                             "in a fresh process, i.e. deployment) | on | off")
     preset_applied: bool = key("run.preset-applied", False,
                                "the values already include the preset (set by `flowertune run`; no re-layering)")
 
@@ -258,6 +261,7 @@ def validate(cfg: Config) -> None:
          "train.learning-rate-max must be > 0 and train.learning-rate-min >= 0")
     need(cfg.train.save_every_round >= 1, "train.save-every-round must be >= 1")
     need(0.0 <= cfg.data.validation_fraction < 1.0, "data.validation-fraction must be in [0, 1)")
+    need(cfg.run.client_worker in ("auto", "on", "off"), "run.client-worker must be auto, on or off")
     need(cfg.run.output_dir == "" or cfg.run.output_dir.startswith("/"),
          f"run.output-dir must be an absolute path (got {cfg.run.output_dir!r}); the server's cwd is the SuperLink's")
     from flowertune.registries import check_names

@@ -81,7 +81,7 @@ def load_partition(cfg: DataConfig, partition_id: int, num_partitions: int) -> D
 
 def split_validation(part: Dataset, cfg: DataConfig) -> tuple[Dataset, Dataset]:
     """(train, validation) of one partition; validation is ``data.validation-fraction`` of it."""
-    n_val = int(round(len(part) * cfg.validation_fraction))
+    n_val = round(len(part) * cfg.validation_fraction)
     if cfg.validation_fraction == 0 or n_val == 0 or n_val >= len(part):
         return part, part.select([])
     split = part.train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)

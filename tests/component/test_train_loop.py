@@ -61,5 +61,5 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir):
 def test_batch_order_is_seeded_and_covers_epochs():
     a = batch_order(10, 4, 5, seed=1)
     assert a == batch_order(10, 4, 5, seed=1) and a != batch_order(10, 4, 5, seed=2)
-    flat = sum(a, [])
+    flat = [i for batch in a for i in batch]
     assert sorted(flat[:10]) == list(range(10))

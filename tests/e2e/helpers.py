@@ -32,7 +32,7 @@ def isolated_env(home: Path) -> dict[str, str]:
 
 def kill_processes_mentioning(text: str) -> None:
     """Stop detached Flower processes started for one test (found by their private FLWR_HOME)."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=False).stdout
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
         if text in args and int(pid) != os.getpid():

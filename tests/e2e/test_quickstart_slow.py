@@ -13,7 +13,7 @@ def test_quickstart_lowers_the_held_out_loss(tmp_path):
     home, out = tmp_path / "home", tmp_path / "quickstart"
     try:
         proc = subprocess.run([str(BIN / "flowertune"), "run", "--out", str(out)], env=isolated_env(home),
-                              capture_output=True, text=True, timeout=1200)
+                              capture_output=True, text=True, timeout=1200, check=False)
     finally:
         kill_processes_mentioning(str(home))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,6 +1,5 @@
-import tomllib
-
 import pytest
+import tomllib
 from flwr.common.config import flatten_dict
 
 from flowertune.config import ConfigError, flat_defaults, from_flat, pyproject_section, resolve

@@ -17,7 +17,7 @@ def parts(cfg, n_parts, ds):
 
 def test_iid_covers_everything_once_in_equal_shards():
     shards = parts(DataConfig(), 4, data())
-    assert sorted(sum(shards, [])) == list(range(100))
+    assert sorted([x for s in shards for x in s]) == list(range(100))
     assert [len(s) for s in shards] == [25, 25, 25, 25]
 
 
@@ -25,7 +25,7 @@ def test_dirichlet_is_seeded_and_skewed():
     cfg = DataConfig(partitioner="dirichlet", partition_by="label", dirichlet_alpha=0.1, seed=3)
     a, b = parts(cfg, 4, data(400)), parts(cfg, 4, data(400))
     assert a == b
-    assert sorted(sum(a, [])) == list(range(400))
+    assert sorted(x for s in a for x in s) == list(range(400))
     label_sets = [{x % 4 for x in s} for s in a]
     assert any(len(s) < 4 for s in label_sets)  # alpha=0.1 leaves some labels out of some shards
     c = parts(DataConfig(partitioner="dirichlet", partition_by="label", dirichlet_alpha=0.1, seed=4), 4, data(400))

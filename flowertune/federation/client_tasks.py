@@ -1,0 +1,56 @@
+"""What a client does for each message, as plain functions of (config, partition, arrays).
+
+``client_app.py`` calls these in-process, or through a resident worker (``worker.py``) when Flower
+runs every message in a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from flowertune.config import Config
+from flowertune.federation import client_runtime as rt_mod
+from flowertune.models.adapter import adapter_config_dict, get_arrays, set_arrays
+from flowertune.train.loop import evaluate_loss, train_round
+
+Arrays = dict[str, np.ndarray]
+
+
+def initial_adapter(cfg: Config) -> tuple[Arrays, str]:
+    """The freshly initialised (seeded) adapter and its ``adapter_config.json`` text."""
+    rt = rt_mod.runtime(cfg)
+    return get_arrays(rt.model), json.dumps(adapter_config_dict(rt.model))
+
+
+def train(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays, lr: float, server_round: int,
+          proximal_mu: float) -> tuple[Arrays, dict[str, Any]]:
+    """One local round from the global ``arrays``; returns the new arrays and the metrics."""
+    rt = rt_mod.runtime(cfg)
+    data = rt_mod.client_data(cfg, rt, partition_id, num_partitions)
+    set_arrays(rt.model, arrays)
+    seed = cfg.train.seed + (server_round if cfg.train.dynamic_data_seed else 0) + 7919 * partition_id
+    result = train_round(rt.model, data.train, cfg.train, lr, rt.pad_id, seed, proximal_mu)
+    metrics = {
+        "train_loss": result.loss,
+        "num-examples": len(data.train),
+        "tokens_per_s": result.real_tokens / max(result.seconds, 1e-9),
+        "train_s": result.seconds,
+        "model_loads": rt_mod.MODEL_LOADS,
+        "partition-id": partition_id,
+    }
+    return get_arrays(rt.model), metrics
+
+
+def evaluate(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays) -> dict[str, Any]:
+    """Held-out loss of ``arrays`` on this partition's validation split."""
+    rt = rt_mod.runtime(cfg)
+    data = rt_mod.client_data(cfg, rt, partition_id, num_partitions)
+    set_arrays(rt.model, arrays)
+    loss, n_tokens = evaluate_loss(rt.model, data.validation, cfg.train.batch_size, rt.pad_id)
+    return {"eval_loss": loss if n_tokens else 0.0, "num-examples": len(data.validation)}
+
+
+TASKS = {"initial_adapter": initial_adapter, "train": train, "evaluate": evaluate}
