@@ -1,0 +1,83 @@
+"""The harness on a 2-layer random Llama: batching, per-row stopping, results files in protocol order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from flowertune.eval.harness import _RowStop, evaluate, generate_batch
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    from flowertune.config import ModelConfig
+    from flowertune.models.load import load_tokenizer
+
+    return load_tokenizer(ModelConfig(name="embedded"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer: Any) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_left_padded_batch_matches_single_prompts(tiny_model: Any, tokenizer: Any) -> None:
+    tokenizer.padding_side = "left"
+    prompts = [tokenizer(t)["input_ids"] for t in ("short", "a much longer prompt than the first one", "mid one")]
+    batched = generate_batch(tiny_model, tokenizer, prompts, [4, 2, 4])
+    single = [generate_batch(tiny_model, tokenizer, [p], [b])[0] for p, b in zip(prompts, [4, 2, 4])]
+    assert batched == single
+    assert len(tokenizer(batched[1], add_special_tokens=False)["input_ids"]) <= 2  # own budget respected
+
+
+def test_row_stop_on_stop_string_and_budget(tokenizer: Any) -> None:
+    prompt = tokenizer("Answer: ")["input_ids"]
+    rows = [prompt + tokenizer(" it is positive", add_special_tokens=False)["input_ids"],
+            prompt + tokenizer(" it is negative", add_special_tokens=False)["input_ids"]]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+    stop = _RowStop(tokenizer, len(prompt) + width - max(len(r) for r in rows), [100, 100], ("positive",))
+    assert stop(ids, None).tolist() == [True, False]  # "negative" is not final: no stop
+    budget = _RowStop(tokenizer, len(prompt), [2, 100], ())
+    assert budget(ids, None).tolist() == [True, False]
+
+
+def test_evaluate_writes_results_in_protocol_order(tiny_model: Any, tokenizer: Any, fixture_dir: Path,
+                                                   small_mmlu: None, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowertune.eval import protocol
+
+    monkeypatch.setattr(protocol, "FINANCE_MAX_LENGTH", 64)  # a random model never stops by itself
+    names = ["pubmedqa", "medmcqa", "medqa", "careqa", "mmlu", "fpb", "fiqa", "tfns"]
+    results = evaluate(tiny_model, tokenizer, names, fixture_dir, limit=3, batch_size=2, out_dir=tmp_path,
+                       progress=False)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert list(results) == names
+    for name in names:
+        res = results[name]
+        assert 0.0 <= res["score"] <= 100.0
+        assert res["n"] == min(3, res["n"]) and res["n"] >= 1
+        assert res["seconds"] > 0 and res["items_per_s"] > 0 and res["protocol"]
+        rows = [json.loads(line) for line in (tmp_path / f"items-{name}.jsonl").read_text().splitlines()]
+        assert len(rows) == res["n"]
+        assert set(rows[0]) == {"id", "prompt", "generation", "extracted", "gold", "correct"}
+        assert sum(r["correct"] for r in rows) * 100 / len(rows) == pytest.approx(res["score"]) or name == "mmlu"
+    medmcqa_rows = [json.loads(line) for line in (tmp_path / "items-medmcqa.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in medmcqa_rows] == ["id-1", "id-2"]
+    assert results["mmlu"]["n"] == 3 and "stem" in results["mmlu"]
+
+
+def test_evaluate_rejects_unknown_benchmark(tiny_model: Any, tokenizer: Any, tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="valid benchmarks"):
+        evaluate(tiny_model, tokenizer, ["nope"], None, None, 2, tmp_path)
