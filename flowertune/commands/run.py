@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from flowertune.config import ConfigError, Config, _toml_value, pyproject_section, resolve
+from flowertune.config import Config, ConfigError, _toml_value, pyproject_section, resolve
 from flowertune.federation.rundir import SUMMARY, default_run_path
 
 
@@ -29,7 +29,6 @@ def flowertune_home() -> Path:
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``k=v`` pairs (TOML values; bare words are strings) or paths of TOML files, in order."""
     import tomllib
-
     from flwr.common.config import flatten_dict
 
     out: dict[str, Any] = {}
