@@ -10,10 +10,10 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flowertune.config import Config, resolve
-from flowertune.federation import worker
+from flowertune.federation import wire_client, worker
 from flowertune.federation.client_tasks import TASKS
 from flowertune.logs import setup_logging
-from flowertune.models.adapter import from_record, to_record
+from flowertune.wire import from_array_record, to_array_record
 
 app = ClientApp()
 
@@ -48,7 +48,7 @@ def initial_adapter(msg: Message, context: Context) -> Message:
     """Return the freshly initialised adapter and its PEFT config (the server never loads the model)."""
     cfg = _setup(context)
     arrays, adapter_json = _run(cfg, context, "initial_adapter", cfg)
-    content = RecordDict({"arrays": to_record(arrays), "adapter": ConfigRecord({"json": adapter_json})})
+    content = RecordDict({"arrays": to_array_record(arrays), "adapter": ConfigRecord({"json": adapter_json})})
     return Message(content=content, reply_to=msg)
 
 
@@ -59,10 +59,12 @@ def train(msg: Message, context: Context) -> Message:
     pid, n = _partition(context)
     config = msg.content["config"]
     mu = float(config.get("proximal-mu", cfg.strategy.proximal_mu))
-    arrays, metrics = _run(cfg, context, "train", cfg, pid, n, from_record(msg.content["arrays"]),
+    codec = wire_client.codec_of(msg)
+    global_arrays = wire_client.receive(msg, context, codec)
+    arrays, metrics = _run(cfg, context, "train", cfg, pid, n, global_arrays,
                            float(config["lr"]), int(config["server-round"]), mu)
-    return Message(content=RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(metrics)}),
-                   reply_to=msg)
+    payload = wire_client.send(codec, arrays, global_arrays, context)
+    return Message(content=RecordDict({"arrays": payload, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 @app.evaluate()
@@ -70,5 +72,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Held-out loss of the global adapter on this node's validation split."""
     cfg = _setup(context)
     pid, n = _partition(context)
-    metrics = _run(cfg, context, "evaluate", cfg, pid, n, from_record(msg.content["arrays"]))
+    metrics = _run(cfg, context, "evaluate", cfg, pid, n, from_array_record(msg.content["arrays"]))
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -101,7 +101,9 @@ class RunConfig:
     preset: str = key("preset", "quickstart", "named set of defaults: quickstart | medical | finance | code | general-nlp")
     num_supernodes: int = key("num-supernodes", 4, "SuperNodes the preset expects (simulation size)")
     output_dir: str = key("run.output-dir", "", "absolute run directory ('' = ~/flowertune-runs/<time>-<preset>)")
-    wire_codec: str = key("wire.codec", "fp32", "encoding of adapter arrays on the wire")
+    wire_codec: str = key("wire.codec", "fp32",
+                          "adapter encoding on the wire: fp32 (lossless) | fp16 | delta-fp16 | delta-int8 | delta-topk-int8")
+    wire_topk_fraction: float = key("wire.topk-fraction", 0.1, "share of entries delta-topk-int8 sends per tensor")
     progress: bool = key("run.progress", True, "progress bars on long loops")
     client_worker: str = key("run.client-worker", "auto",
                              "keep the model in a resident per-node worker: auto (when Flower runs each message "
@@ -261,6 +263,7 @@ def validate(cfg: Config) -> None:
          "train.learning-rate-max must be > 0 and train.learning-rate-min >= 0")
     need(cfg.train.save_every_round >= 1, "train.save-every-round must be >= 1")
     need(0.0 <= cfg.data.validation_fraction < 1.0, "data.validation-fraction must be in [0, 1)")
+    need(0.0 < cfg.run.wire_topk_fraction <= 1.0, "wire.topk-fraction must be in (0, 1]")
     need(cfg.run.client_worker in ("auto", "on", "off"), "run.client-worker must be auto, on or off")
     need(cfg.run.output_dir == "" or cfg.run.output_dir.startswith("/"),
          f"run.output-dir must be an absolute path (got {cfg.run.output_dir!r}); the server's cwd is the SuperLink's")

@@ -15,12 +15,14 @@ def check_names(cfg: Config) -> None:
     from flowertune.data.partition import PARTITIONERS
     from flowertune.federation.strategies import STRATEGIES
     from flowertune.presets import PRESETS
+    from flowertune.wire import CODECS
 
     for registry, value, k in (
         (STRATEGIES, cfg.strategy.name, "strategy.name"),
         (PARTITIONERS, cfg.data.partitioner, "data.partitioner"),
         (FORMATS, cfg.data.format, "data.format"),
         (PRESETS, cfg.run.preset, "preset"),
+        (CODECS, cfg.run.wire_codec, "wire.codec"),
     ):
         if value not in registry:
             raise ConfigError(f"{k}={value!r} is not valid; choose one of: {', '.join(registry.names())}")

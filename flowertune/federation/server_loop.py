@@ -70,7 +70,8 @@ def evaluate_round(strategy: Any, grid: Grid, server_round: int, arrays: ArrayRe
 def run_federation(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
     """Run ``num-server-rounds`` rounds and write everything into ``run_dir``; returns the summary."""
     t_start = time.perf_counter()
-    strategy = make_strategy(cfg.strategy)
+    options = {"fraction": cfg.run.wire_topk_fraction} if cfg.run.wire_codec == "delta-topk-int8" else {}
+    strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, **options)
     arrays, adapter_config, init_bytes = initial_adapter(grid, cfg)
     n_params = int(sum(a.numpy().size for a in arrays.values()))
     log.info("run directory %s; adapter: %d arrays, %d parameters, %.2f MB fp32", run_dir.path, len(arrays),

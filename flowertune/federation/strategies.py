@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from flowertune.config import StrategyConfig
 from flowertune.models.adapter import AdapterUpdateError, check_arrays
 from flowertune.registry import Registry
+from flowertune.wire import Broadcast, encode_broadcast, from_array_record, get_codec, to_array_record
 
 log = logging.getLogger(__name__)
 _RANDOM_LOCK = threading.Lock()  # Flower samples with the global `random`; we seed it per call
@@ -62,10 +63,15 @@ class FlowerTuneMixin:
     seed: int
     traffic: RoundTraffic
 
-    def setup(self, seed: int) -> None:
+    def setup(self, seed: int, codec: str = "fp32", **codec_options: Any) -> None:
         self.seed = seed
         self.traffic = RoundTraffic()
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self.codec = get_codec(codec, **codec_options)
+        self.broadcast: Broadcast | None = None
+        self.held: dict[int, int] = {}  # node id -> broadcast version it decoded last
+        self._global: dict[str, np.ndarray] = {}
+        self._sent_version = -1
 
     def _seeded(self, salt: int, fn: Callable[[], Any]) -> Any:
         with _RANDOM_LOCK:
@@ -81,8 +87,38 @@ class FlowerTuneMixin:
         self._shapes = {k: tuple(a.shape) for k, a in arrays.items()}
         msgs = list(self._seeded(2 * server_round, lambda: super(FlowerTuneMixin, self).configure_train(
             server_round, arrays, config, _SortedGrid(grid))))
+        msgs = self._encode_downlink(arrays, msgs)
         self.traffic = RoundTraffic(down=message_bytes(msgs))
         return msgs
+
+    def _encode_downlink(self, arrays: ArrayRecord, msgs: list[Message]) -> list[Message]:
+        """Give every sampled node the broadcast in the wire codec: a delta if it holds the last one."""
+        self._global = from_array_record(arrays)
+        self.broadcast = encode_broadcast(self.codec, self._global, self.broadcast)
+        out = []
+        for m in msgs:
+            node = m.metadata.dst_node_id
+            payload, base = self.broadcast.payload_for(self.held.get(node))
+            config = ConfigRecord(dict(m.content["config"]))
+            config.update({"wire-codec": self.codec.name, "wire-version": self.broadcast.version,
+                           "wire-topk-fraction": float(getattr(self.codec, "fraction", 0.0)),
+                           "wire-base": -1 if base is None else base})
+            out.append(Message(RecordDict({"arrays": to_array_record(payload), "config": config}), dst_node_id=node,
+                               message_type=MessageType.TRAIN))
+        return out
+
+    def _decode_uplink(self, msg: Message) -> Message | str:
+        """A reply with its payload decoded to full fp32 arrays against the exact global adapter."""
+        if msg.has_error() or "arrays" not in msg.content.array_records:
+            return msg
+        try:
+            arrays = self.codec.decode(from_array_record(msg.content.array_records["arrays"]), self._global)
+        except (ValueError, KeyError) as exc:
+            return f"cannot decode the {self.codec.name} update: {exc}"
+        self.held[msg.metadata.src_node_id] = self.broadcast.version if self.broadcast else -1
+        # the aggregation sees full fp32 arrays; the bytes were already counted on the encoded reply
+        msg.content = RecordDict({**msg.content.metric_records, "arrays": to_array_record(arrays)})
+        return msg
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -117,7 +153,9 @@ class FlowerTuneMixin:
         self.traffic.up = message_bytes(replies)
         good = []
         for msg in replies:
-            reason = self.check_reply(msg)
+            decoded = self._decode_uplink(msg)
+            reason = decoded if isinstance(decoded, str) else self.check_reply(decoded)
+            msg = decoded if not isinstance(decoded, str) else msg
             if reason is None:
                 good.append(msg)
             else:
@@ -156,8 +194,8 @@ STRATEGIES.add("fedyogi", lambda c: FedYogiFT(**_common(c), eta=c.eta, eta_l=c.e
                                               beta_2=c.beta_2, tau=c.tau))
 
 
-def make_strategy(cfg: StrategyConfig) -> Any:
-    """The configured strategy, seeded."""
+def make_strategy(cfg: StrategyConfig, codec: str = "fp32", **codec_options: Any) -> Any:
+    """The configured strategy, seeded, speaking wire codec ``codec``."""
     strategy = STRATEGIES.get(cfg.name)(cfg)
-    strategy.setup(cfg.seed)
+    strategy.setup(cfg.seed, codec, **codec_options)
     return strategy

@@ -59,18 +59,6 @@ def get_arrays(model: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().float().cpu().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def to_record(arrays: Mapping[str, np.ndarray]) -> Any:
-    """A Flower ``ArrayRecord`` holding ``arrays`` (numpy, any dtype but bf16)."""
-    from flwr.app import Array, ArrayRecord
-
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def from_record(record: Any) -> dict[str, np.ndarray]:
-    """The numpy arrays of an ``ArrayRecord``."""
-    return {k: v.numpy() for k, v in record.items()}
-
-
 def check_arrays(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]) -> None:
     """Raise :class:`AdapterUpdateError` unless keys and shapes match and every value is finite."""
     missing = sorted(set(expected) - set(arrays))

@@ -45,9 +45,9 @@ def test_byte_counts_are_two_adapter_copies_per_client(sim_run):
     final = out / "final_adapter/adapter_model.safetensors"
     from safetensors.numpy import load_file
 
-    from flowertune.models.adapter import to_record
+    from flowertune.wire import to_array_record
 
-    per_copy = to_record(load_file(final)).count_bytes()
+    per_copy = to_array_record(load_file(final)).count_bytes()
     rows = read_jsonl(out / "metrics.jsonl")[1:]
     for r in rows:
         assert r["clients"] == 2
