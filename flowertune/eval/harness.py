@@ -125,7 +125,6 @@ def evaluate(model: Any, tokenizer: Any, benchmark_names: Sequence[str], data_di
     benches = [BENCHMARKS.get(name) for name in benchmark_names]  # unknown names fail before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.padding_side = "left"
     model.eval()
     results: dict[str, dict[str, Any]] = {}
     for bench in benches:

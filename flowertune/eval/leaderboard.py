@@ -52,9 +52,8 @@ def challenge_scores(results: Mapping[str, Any], challenge: str) -> dict[str, fl
 def format_table(results: Mapping[str, Any], challenge: str | None = None, run_dir: Path | None = None) -> str:
     """A markdown table like the leaderboard's: one column per benchmark, the average, and comm. cost.
 
-    The average is over the benchmarks present; it is marked ``(partial)`` when some are missing or ran on
-    a subset (``n`` smaller than another benchmark's is not detectable, so a ``--limit`` run is only
-    flagged through the ``n`` row).
+    The average is over the benchmarks present and is marked ``(partial)`` when some are missing; the ``n``
+    row shows how many items each score rests on (a ``--limit`` run shows up there).
     """
     challenge = challenge or guess_challenge(results)
     if challenge is None:
