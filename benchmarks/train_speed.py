@@ -5,7 +5,7 @@ instruction examples (64-512 tokens, mean ~200, response-only labels). Speed: al
 round-robin in one process, so background load hits them alike; tokens/s counts real (non-padding) tokens
 only. Peak RSS and the first-step loss come from a one-step subprocess per configuration.
 
-    python benchmarks/train_speed.py            # both settings, all levers (~15 min on 2 cores)
+    python benchmarks/train_speed.py            # both settings, all levers (~30 min on 2 idle cores)
     python benchmarks/train_speed.py --quick    # CI smoke run (< 2 min)
 """
 
@@ -15,7 +15,6 @@ import argparse
 import json
 import random
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ class Lever:
     fused: bool = False  # hidden-states loss without full logits
     attn: str = "sdpa"
     compile: bool = False
-    pack_length: int = 1024
+    pack_length: int = 512
     large: bool = False  # also measured at batch 16 x 512
 
 
@@ -51,7 +50,7 @@ LEVERS = [
     Lever("bf16 weights + target-only loss", dtype="bfloat16", fused=True, large=True),
     Lever("fp32 + packing + target-only loss", mode="pack", fused=True),
     Lever("bf16 + packing + target-only loss (default)", dtype="bfloat16", mode="pack", fused=True, large=True),
-    Lever("default, pack rows of 512", dtype="bfloat16", mode="pack", fused=True, pack_length=512),
+    Lever("default, pack rows of 1024", dtype="bfloat16", mode="pack", fused=True, pack_length=1024),
     Lever("default, pack rows of 2048", dtype="bfloat16", mode="pack", fused=True, pack_length=2048),
     Lever("default + eager attention", dtype="bfloat16", mode="pack", fused=True, attn="eager"),
     Lever("default + torch.compile", dtype="bfloat16", mode="pack", fused=True, compile=True),
@@ -136,38 +135,61 @@ def memory_one(lever: Lever, batch_size: int, max_len: int) -> dict:
     examples = make_examples(tok, batch_size, max_len)
     model, params, opt = build(lever, tok)
     loss = train_step(lever, model, params, opt, batches_for(lever, examples, batch_size, tok.pad_token_id)[0])
-    return {"first_loss": loss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"first_loss": loss, "peak_rss_mb": peak_rss_mb()}
 
 
-def speed_all(levers: list[Lever], batch_size: int, max_len: int, steps: int) -> list[float]:
-    """Real tokens/s of each lever, stepping all levers round-robin on the same batches.
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, since ru_maxrss keeps the parent's peak across fork + exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    Round-robin puts every configuration under the same background load (shared CI/dev machines); the
-    rate is the median over timed steps of real tokens / step wall time. One warm-up step is not timed.
+
+def speed_all(levers: list[Lever], batch_size: int, max_len: int, steps: int,
+              warmup: int = 1) -> list[tuple[float, float]]:
+    """Real tokens/s of each lever by wall time and by CPU time, stepping all levers round-robin.
+
+    Round-robin on the same batches puts every configuration under the same background load (shared
+    CI/dev machines). Wall rate: real tokens / wall seconds over the timed steps. CPU rate: real tokens per
+    CPU-second of this process times the thread count, i.e. the wall rate the machine would give if this
+    process had its cores to itself (less sensitive to other load). Warm-up steps are not timed.
     """
     from flowertune.config import ModelConfig
     from flowertune.models.load import load_tokenizer
     from flowertune.train.batching import count_real_tokens
 
     tok = load_tokenizer(ModelConfig(name="embedded"))
-    examples = make_examples(tok, batch_size * (steps + 1), max_len)
+    import torch
+
+    examples = make_examples(tok, batch_size * (steps + warmup), max_len)
     runs = [(lv, *build(lv, tok), batches_for(lv, examples, batch_size, tok.pad_token_id)) for lv in levers]
-    rates: list[list[float]] = [[] for _ in levers]
-    for step in range(steps + 1):
+    tokens, wall, cpu = [0] * len(levers), [0.0] * len(levers), [0.0] * len(levers)
+    for step in range(steps + warmup):
         for k, (lever, model, params, opt, batches) in enumerate(runs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             train_step(lever, model, params, opt, batches[step])
-            if step > 0:
-                rates[k].append(count_real_tokens(batches[step]) / (time.perf_counter() - t0))
-        print(f"  {batch_size}x{max_len}: step {step}/{steps} done", file=sys.stderr)
-    return [statistics.median(r) for r in rates]
+            if step >= warmup:
+                wall[k] += time.perf_counter() - t0
+                cpu[k] += time.process_time() - c0
+                tokens[k] += count_real_tokens(batches[step])
+        print(f"  {batch_size}x{max_len}: step {step + 1}/{steps + warmup} done", file=sys.stderr)
+    threads = torch.get_num_threads()
+    return [(n / w, n / (c / threads)) for n, w, c in zip(tokens, wall, cpu)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two configurations, batch 4 x 256, 1 timed step")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per configuration")
     ap.add_argument("--only", default="", help="comma-separated indices into the lever list")
+    ap.add_argument("--large-only", default="", help="comma-separated indices measured at 16 x 512 (default: marked)")
+    ap.add_argument("--settings", default="4x256,16x512", help="batch x max tokens settings to measure")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -177,23 +199,29 @@ def main() -> None:
     levers = QUICK if args.quick else LEVERS
     if args.only:
         levers = [LEVERS[int(i)] for i in args.only.split(",")]
-    settings = [(4, 256, levers)] if args.quick else [(4, 256, levers), (16, 512, [lv for lv in levers if lv.large])]
+    large = [LEVERS[int(i)] for i in args.large_only.split(",")] if args.large_only else [
+        lv for lv in levers if lv.large]
+    settings = []
+    for setting in ["4x256"] if args.quick else args.settings.split(","):
+        batch_size, max_len = (int(x) for x in setting.split("x"))
+        settings.append((batch_size, max_len, levers if batch_size * max_len <= 4 * 256 else large))
     rows = []
     for batch_size, max_len, chosen in settings:
-        steps = args.steps or (1 if args.quick else 3)
-        speeds = speed_all(chosen, batch_size, max_len, steps)
+        steps = args.steps or (1 if args.quick else 3 if batch_size * max_len <= 4 * 256 else 2)
+        speeds = speed_all(chosen, batch_size, max_len, steps, args.warmup)
         for lever, speed in zip(chosen, speeds):
             job = {"lever": asdict(lever), "batch_size": batch_size, "max_len": max_len}
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)],
                                   check=False, capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             mem = json.loads(lines[-1][7:]) if lines else {"first_loss": float("nan"), "peak_rss_mb": float("nan")}
-            rows.append((f"{batch_size}x{max_len}", lever.name, speed, speed / speeds[0], mem))
-    print(f"\n{'batch':<8} {'configuration':<46} {'real tok/s':>10} {'vs plain':>9} {'peak RSS MB':>12} "
-          f"{'loss step 1':>12}")
+            rows.append((f"{batch_size}x{max_len}", lever.name, speed, (speed[0] / speeds[0][0],
+                                                                         speed[1] / speeds[0][1]), mem))
+    print(f"\n{'batch':<8} {'configuration':<46} {'real tok/s':>10} {'vs plain':>9} {'CPU-time tok/s':>15} "
+          f"{'vs plain':>9} {'peak RSS MB':>12} {'loss step 1':>12}")
     for setting, name, speed, ratio, mem in rows:
-        print(f"{setting:<8} {name:<46} {speed:>10.0f} {ratio:>8.2f}x {mem['peak_rss_mb']:>12.0f} "
-              f"{mem['first_loss']:>12.4f}")
+        print(f"{setting:<8} {name:<46} {speed[0]:>10.0f} {ratio[0]:>8.2f}x {speed[1]:>15.0f} {ratio[1]:>8.2f}x "
+              f"{mem['peak_rss_mb']:>12.0f} {mem['first_loss']:>12.4f}")
 
 
 if __name__ == "__main__":

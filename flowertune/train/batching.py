@@ -23,10 +23,10 @@ import torch
 
 IGNORE = -100
 
-PACK_LENGTH = 1024
-"""Default row capacity of packed batches (tokens). Attention with a packed mask costs row_length² per row,
-so rows are bounded instead of putting a whole batch in one row; at 1024 the attention share of the work is
-small for a 135M model (benchmarks/train_speed.py)."""
+PACK_LENGTH = 512
+"""Default row capacity of packed batches (tokens). Attention with a packed (block-diagonal) mask costs
+row_length² per row whatever the segments, so rows are bounded instead of putting a whole batch in one row;
+first-fit decreasing still fills 512-token rows well for examples of ~200 tokens (benchmarks/train_speed.py)."""
 
 
 @dataclass(frozen=True)

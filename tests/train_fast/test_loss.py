@@ -99,3 +99,12 @@ def test_plain_model_without_peft(examples):
     got, n = causal_lm_loss(model, batch, fused=True)
     assert n == n_ref
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-6)
+
+
+@torch.no_grad()
+def test_fused_without_grad_for_eval(tiny_llama, examples):
+    batch = collate(examples, pad_id=0, mode="pack", pack_length=48)
+    ref, n_ref = causal_lm_loss(tiny_llama, batch, fused=False)
+    got, n = causal_lm_loss(tiny_llama, batch, fused=True)
+    assert n == n_ref and not got.requires_grad
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-6)
