@@ -1,0 +1,383 @@
+"""One whole federated round, in-process, two ways on the same data: the FlowerTune template's way and ours.
+
+Both federations have 2 clients x ``--steps`` local steps (batch 16, seq 512, LoRA r=32 alpha 64 on
+q_proj,v_proj, the embedded SmolLM2-135M-Instruct, the shipped medical sample) and go through real Flower
+strategies driven without Flower's runtime (``configure_train`` -> client -> ``aggregate_train``).
+
+(a) template-style, as Flower's official FlowerTune apps do it: per client and round, load the base model
+    in fp32 from its safetensors directory, wrap it in PEFT (with gradient checkpointing, as the template),
+    tokenize the partition again padded to ``seq`` (``padding="max_length"``), full-logits fp32 loss, a
+    trainer-style checkpoint (``save_pretrained`` + ``torch.save`` of the optimizer state), fp32 arrays on
+    the wire; server: Flower's FedAvg, then load the base model and ``save_pretrained`` the adapter.
+(b) flowertune: the resident model (loaded before timing, as our workers keep it) prepared with the fast
+    defaults (``train.precision.prepare_for_training``), ``client_tasks.train`` (packed batches, target-only
+    loss), our strategy mixin, ``RunDir.checkpoint`` from the arrays, wire codec fp32 and delta-int8.
+
+Rounds are interleaved (a, b-fp32, b-int8, ..., a) so background load hits both alike. Bytes are
+``ArrayRecord.count_bytes()`` of the actual messages (2 clients, down + up). Peak RSS is sampled per phase.
+Tokens/s counts real (non-padding) tokens over the local training loop only.
+
+    python benchmarks/round_speed.py                      # full: (b) 3 rounds, (a) 2 rounds
+    python benchmarks/round_speed.py --template-steps 3   # (a) trains 3 steps/client; also projects to --steps
+    python benchmarks/round_speed.py --quick              # tiny random Llama, CI smoke run (< 90 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from flowertune.config import Config, from_flat
+from flowertune.data.formats import FORMATS
+from flowertune.data.load import load_partition, split_validation
+from flowertune.data.tokenize import end_of_turn_ids, render_prompt
+from flowertune.federation import client_runtime, client_tasks, wire_client
+from flowertune.federation.rundir import RunDir
+from flowertune.federation.strategies import make_strategy, message_bytes
+from flowertune.models.adapter import adapter_config_dict
+from flowertune.models.source import local_path
+from flowertune.train.batching import IGNORE, collate, count_real_tokens
+from flowertune.train.loop import batch_order
+from flowertune.train.precision import prepare_for_training
+from flowertune.wire import from_array_record, to_array_record
+
+CLIENTS = 2
+LR = 5e-4
+MB = 1024**2
+
+
+@dataclass(frozen=True)
+class Setting:
+    steps: int
+    batch: int
+    seq: int
+    r: int = 32
+    alpha: int = 64
+
+
+@dataclass
+class RoundStats:
+    """One measured round of one variant."""
+
+    variant: str
+    round: int
+    wall_s: float
+    train_s: float  # sum over clients of the local training loop
+    real_tokens: int
+    processed_tokens: int
+    bytes: int
+    server_s: float
+    peak_rss: int
+    rss_after: int
+    steps: int
+    fixed_s: float = 0.0  # everything but the local training loop (loads, tokenizing, checkpoints, server)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RssSampler:
+    """Peak resident memory of this process per phase (sampled every 20 ms by a thread)."""
+
+    def __init__(self) -> None:
+        self._proc = psutil.Process()
+        self.peak = 0
+        self._stop = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def reset(self) -> None:
+        self.peak = self.now()
+
+    def now(self) -> int:
+        return self._proc.memory_info().rss
+
+
+class FakeGrid:
+    """The two SuperNodes a strategy samples from."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+
+def tiny_model_dir(root: Path) -> str:
+    """A 2-layer random-init Llama with the embedded model's tokenizer, saved as a model directory."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(local_path("embedded"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    path = root / "tiny-llama"
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def flowertune_config(model: str, s: Setting, out: Path) -> Config:
+    return from_flat({
+        "model.name": model, "model.lora.peft-lora-r": s.r, "model.lora.peft-lora-alpha": s.alpha,
+        "model.lora.target-modules": "q_proj,v_proj", "static.dataset.name": "sample:medical",
+        "data.format": "medical", "train.seq-length": s.seq, "train.training-arguments.max-steps": s.steps,
+        "train.training-arguments.per-device-train-batch-size": s.batch, "strategy.fraction-train": 1.0,
+        "strategy.min-train-nodes": CLIENTS, "strategy.min-available-nodes": CLIENTS, "run.output-dir": str(out),
+    })
+
+
+# ---------------------------------------------------------------- (a) the FlowerTune template's way
+
+def template_tokenize(cfg: Config, tok: Any, partition_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The partition tokenized as the template does each round: every row padded to ``seq`` tokens."""
+    part = load_partition(cfg.data, partition_id, CLIENTS)
+    rows, _ = split_validation(part, cfg.data)
+    fmt = FORMATS.get(cfg.data.format)
+    eot = tok.decode(end_of_turn_ids(tok))
+    prompts, texts = [], []
+    for row in rows:
+        instruction, response = fmt(row, cfg.data)
+        prompt = render_prompt(tok, instruction)
+        prompts.append(prompt)
+        texts.append(prompt + response + eot)
+    enc = tok(texts, padding="max_length", max_length=cfg.train.seq_length, truncation=True,
+              add_special_tokens=False, return_tensors="pt")
+    prompt_len = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
+    labels = enc["input_ids"].clone()
+    for i, n in enumerate(prompt_len):
+        labels[i, :n] = IGNORE  # completion-only, as the template's collator
+    labels[enc["attention_mask"] == 0] = IGNORE
+    return enc["input_ids"], enc["attention_mask"], labels
+
+
+def template_model(model_dir: str, cfg: Config) -> Any:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.config.use_cache = False
+    lora = LoraConfig(r=cfg.adapter.r, lora_alpha=cfg.adapter.alpha, lora_dropout=cfg.adapter.dropout,
+                      target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    return get_peft_model(base, lora)
+
+
+def template_client(model_dir: str, cfg: Config, tok: Any, partition_id: int, msg: Message, steps: int,
+                    ckpt_root: Path, acc: dict[str, float]) -> Message:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    model = template_model(model_dir, cfg)
+    arrays = from_array_record(msg.content["arrays"])
+    set_peft_model_state_dict(model, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+    ids, mask, labels = template_tokenize(cfg, tok, partition_id)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=float(msg.content["config"]["lr"]))
+    order = batch_order(len(ids), cfg.train.batch_size, steps, cfg.train.seed + 7919 * partition_id)
+    model.train()
+    t0 = time.perf_counter()
+    for idx in order:
+        out = model(input_ids=ids[idx], attention_mask=mask[idx], labels=labels[idx])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        acc["real"] += int(mask[idx].sum())
+        acc["processed"] += ids[idx].numel()
+    acc["train_s"] += time.perf_counter() - t0
+    ckpt = Path(tempfile.mkdtemp(prefix=f"client{partition_id}-", dir=ckpt_root))
+    model.save_pretrained(ckpt)
+    torch.save(optimizer.state_dict(), ckpt / "optimizer.pt")
+    new = {k: v.detach().float().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
+    del model, optimizer
+    gc.collect()
+    metrics = MetricRecord({"num-examples": len(ids), "train_loss": float(out.loss)})
+    return Message(RecordDict({"arrays": to_array_record(new), "metrics": metrics}), reply_to=msg)
+
+
+def template_server_save(model_dir: str, cfg: Config, arrays: dict[str, np.ndarray], out: Path) -> None:
+    """The template's evaluate_fn: load the base model, set the global adapter, ``save_pretrained``."""
+    from peft import set_peft_model_state_dict
+
+    model = template_model(model_dir, cfg)
+    set_peft_model_state_dict(model, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+    model.save_pretrained(out)
+    del model
+    gc.collect()
+
+
+def template_round(model_dir: str, cfg: Config, tok: Any, arrays: Any, rnd: int, steps: int, work: Path,
+                   rss: RssSampler) -> tuple[Any, RoundStats]:
+    strategy = FedAvg(fraction_train=1.0, min_train_nodes=CLIENTS, min_available_nodes=CLIENTS)
+    acc = {"real": 0, "processed": 0, "train_s": 0.0}
+    rss.reset()
+    t0 = time.perf_counter()
+    msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord({"lr": LR}), FakeGrid()))
+    replies = [template_client(model_dir, cfg, tok, m.metadata.dst_node_id - 1, m, steps, work, acc) for m in msgs]
+    ts = time.perf_counter()
+    new, _ = strategy.aggregate_train(rnd, replies)
+    template_server_save(model_dir, cfg, from_array_record(new), work / f"server-round-{rnd}")
+    t1 = time.perf_counter()
+    stats = RoundStats("a", rnd, t1 - t0, acc["train_s"], acc["real"], acc["processed"],
+                       message_bytes(msgs) + message_bytes(replies), t1 - ts, rss.peak, rss.now(), steps)
+    stats.fixed_s = stats.wall_s - stats.train_s
+    return new, stats
+
+
+# ---------------------------------------------------------------- (b) flowertune
+
+def processed_tokens(cfg: Config, partition_id: int, server_round: int) -> int:
+    """Tokens (real + padding) the packed batches of ``train_round`` hold: its batch order, collated again."""
+    rt = client_runtime.runtime(cfg)
+    data = client_runtime.client_data(cfg, rt, partition_id, CLIENTS).train
+    seed = cfg.train.seed + (server_round if cfg.train.dynamic_data_seed else 0) + 7919 * partition_id
+    order = batch_order(len(data), cfg.train.batch_size, cfg.train.max_steps * cfg.train.grad_accum, seed)
+    return sum(collate([data[i] for i in idx], rt.pad_id)["input_ids"].numel() for idx in order)
+
+
+def flowertune_round(cfg: Config, state: dict[str, Any], rnd: int, rss: RssSampler) -> RoundStats:
+    strategy, contexts, run_dir = state["strategy"], state["contexts"], state["run_dir"]
+    rss.reset()
+    t0 = time.perf_counter()
+    msgs = list(strategy.configure_train(rnd, state["arrays"], ConfigRecord({"lr": LR}), FakeGrid()))
+    replies, train_s, real = [], 0.0, 0
+    for m in msgs:
+        node = m.metadata.dst_node_id
+        codec = wire_client.codec_of(m)
+        global_arrays = wire_client.receive(m, contexts[node], codec)
+        arrays, metrics = client_tasks.train(cfg, node - 1, CLIENTS, global_arrays, float(m.content["config"]["lr"]),
+                                             rnd, 0.0)
+        payload = wire_client.send(codec, arrays, global_arrays, contexts[node])
+        train_s += metrics["train_s"]
+        real += round(metrics["tokens_per_s"] * metrics["train_s"])
+        replies.append(Message(RecordDict({"arrays": payload, "metrics": MetricRecord(metrics)}), reply_to=m))
+    ts = time.perf_counter()
+    new, _ = strategy.aggregate_train(rnd, replies)
+    run_dir.checkpoint(rnd, from_array_record(new), state["adapter_config"])
+    t1 = time.perf_counter()
+    state["arrays"] = new
+    stats = RoundStats(state["name"], rnd, t1 - t0, train_s, real, 0, strategy.traffic.down + strategy.traffic.up,
+                       t1 - ts, rss.peak, rss.now(), cfg.train.max_steps,
+                       extra={"model_loads": client_runtime.MODEL_LOADS})
+    stats.fixed_s = stats.wall_s - stats.train_s
+    return stats
+
+
+# ---------------------------------------------------------------- report
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def report(stats: list[RoundStats], s: Setting, steps_a: int) -> None:
+    by = {v: [x for x in stats if x.variant == v] for v in ("a", "b-fp32", "b-int8")}
+    labels = {"a": "(a) template-style", "b-fp32": "(b) flowertune, fp32 wire", "b-int8": "(b) flowertune, delta-int8"}
+    print(f"\nOne federated round: {CLIENTS} clients x {s.steps} steps, batch {s.batch}, seq {s.seq}, "
+          f"LoRA r={s.r} alpha={s.alpha} q_proj,v_proj; torch threads {torch.get_num_threads()}")
+    head = (f"{'variant':<28}{'rnd':>4}{'steps':>6}{'round s':>9}{'train s':>9}{'real tok/s':>11}{'pad %':>7}"
+            f"{'MB/round':>10}{'server s':>9}{'server %':>9}{'peak RSS MB':>12}{'RSS after MB':>13}")
+    print(head)
+    print("-" * len(head))
+    for v, rows in by.items():
+        for x in rows:
+            pad = 100 * (1 - x.real_tokens / x.processed_tokens) if x.processed_tokens else float("nan")
+            print(f"{labels[v]:<28}{x.round:>4}{x.steps:>6}{x.wall_s:>9.1f}{x.train_s:>9.1f}"
+                  f"{x.real_tokens / max(x.train_s, 1e-9):>11.0f}{pad:>7.1f}{x.bytes / MB:>10.3f}{x.server_s:>9.2f}"
+                  f"{100 * x.server_s / x.wall_s:>9.2f}{x.peak_rss / MB:>12.0f}{x.rss_after / MB:>13.0f}")
+    a = by["a"]
+    if not a:
+        return
+    # (a) projected to s.steps local steps: its fixed costs as measured + its training time scaled per step
+    a_round = mean([x.fixed_s + x.train_s * s.steps / x.steps for x in a])
+    a_tps = sum(x.real_tokens for x in a) / sum(x.train_s for x in a)
+    print()
+    if steps_a != s.steps:
+        print(f"(a) trained {steps_a} steps/client; its round time at {s.steps} steps is projected as measured "
+              f"fixed costs + training time x {s.steps}/{steps_a}: {a_round:.1f} s")
+    for v in ("b-fp32", "b-int8"):
+        b = by[v]
+        b_round = mean([x.wall_s for x in b])
+        b_tps = sum(x.real_tokens for x in b) / sum(x.train_s for x in b)
+        steady = [x.bytes for x in b if x.round > 1] or [x.bytes for x in b]
+        print(f"{labels[v]:<28} round {b_round:.1f} s vs (a) {a_round:.1f} s: {a_round / b_round:.1f}x faster "
+              f"(target >= 5x); real tokens/s {b_tps / a_tps:.1f}x; bytes/round (steady) {a[0].bytes / mean(steady):.1f}x "
+              f"fewer; server {100 * mean([x.server_s / x.wall_s for x in b]):.2f}% of the round (target < 5%); "
+              f"RSS after rounds {[round(x.rss_after / MB) for x in b]} MB; model loads {b[-1].extra['model_loads']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny random Llama, 2 steps, batch 4, seq 128")
+    ap.add_argument("--steps", type=int, default=None, help="local steps per client (default 10)")
+    ap.add_argument("--template-steps", type=int, default=None, help="local steps of (a) (default: --steps)")
+    ap.add_argument("--rounds-a", type=int, default=None, help="rounds of (a) (default 2; quick 1)")
+    ap.add_argument("--rounds-b", type=int, default=3, help="rounds of (b) per codec")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    s = Setting(steps=args.steps or 10, batch=16, seq=512) if not args.quick else Setting(steps=args.steps or 2,
+                                                                                           batch=4, seq=128)
+    steps_a = args.template_steps or s.steps
+    rounds_a = args.rounds_a if args.rounds_a is not None else (1 if args.quick else 2)
+    rss = RssSampler()
+    with tempfile.TemporaryDirectory(prefix="round-speed-") as tmp:
+        work = Path(tmp)
+        model_dir = tiny_model_dir(work) if args.quick else local_path("embedded")
+        model_name = model_dir if args.quick else "embedded"
+        cfg = flowertune_config(model_name, s, work / "runs" / "b")
+        # the resident model is loaded (and its data tokenized) before timing, as a worker holds them
+        rt = client_runtime.runtime(cfg)
+        prepare_for_training(rt.model)
+        for pid in range(CLIENTS):
+            client_runtime.client_data(cfg, rt, pid, CLIENTS)
+        init, _ = client_tasks.initial_adapter(cfg)
+        adapter_config = adapter_config_dict(rt.model)
+        processed = {pid: processed_tokens(cfg, pid, 1) for pid in range(CLIENTS)}  # same order every round
+        states = {}
+        for name, codec in (("b-fp32", "fp32"), ("b-int8", "delta-int8")):
+            vcfg = flowertune_config(model_name, s, work / "runs" / name)
+            states[name] = {"name": name, "strategy": make_strategy(vcfg.strategy, codec), "arrays": to_array_record(init),
+                            "contexts": {n: Context(1, n, {}, RecordDict(), {}) for n in (1, 2)},
+                            "run_dir": RunDir.create(vcfg), "adapter_config": adapter_config}
+        tok = rt.tokenizer
+        stats: list[RoundStats] = []
+        a_arrays = to_array_record(init)
+        a_rounds_done = 0
+
+        def run_a() -> None:
+            nonlocal a_arrays, a_rounds_done
+            a_rounds_done += 1
+            a_arrays, st = template_round(model_dir, cfg, tok, a_arrays, a_rounds_done, steps_a, work, rss)
+            stats.append(st)
+            print(f"  (a) round {st.round}: {st.wall_s:.1f} s", flush=True)
+
+        if rounds_a > 0:
+            run_a()
+        for rnd in range(1, args.rounds_b + 1):
+            for name in states:
+                st = flowertune_round(cfg, states[name], rnd, rss)
+                st.processed_tokens = sum(processed.values())
+                stats.append(st)
+                print(f"  {name} round {rnd}: {st.wall_s:.1f} s", flush=True)
+        while a_rounds_done < rounds_a:
+            run_a()
+    report(stats, s, steps_a)
+
+
+if __name__ == "__main__":
+    main()
