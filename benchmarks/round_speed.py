@@ -50,7 +50,7 @@ from flowertune.federation.rundir import RunDir
 from flowertune.federation.strategies import make_strategy, message_bytes
 from flowertune.models.adapter import adapter_config_dict
 from flowertune.models.source import local_path
-from flowertune.train.batching import IGNORE, collate, count_real_tokens
+from flowertune.train.batching import IGNORE, collate
 from flowertune.train.loop import batch_order
 from flowertune.train.precision import prepare_for_training
 from flowertune.wire import from_array_record, to_array_record
@@ -369,8 +369,8 @@ def main() -> None:
         if rounds_a > 0:
             run_a()
         for rnd in range(1, args.rounds_b + 1):
-            for name in states:
-                st = flowertune_round(cfg, states[name], rnd, rss)
+            for name, state in states.items():
+                st = flowertune_round(cfg, state, rnd, rss)
                 st.processed_tokens = sum(processed.values())
                 stats.append(st)
                 print(f"  {name} round {rnd}: {st.wall_s:.1f} s", flush=True)
