@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -32,14 +33,16 @@ def isolated_env(home: Path) -> dict[str, str]:
 
 def kill_processes_mentioning(text: str) -> None:
     """Stop detached Flower processes started for one test (found by their private FLWR_HOME)."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=False).stdout
-    for line in out.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if text in args and int(pid) != os.getpid():
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, check=False).stdout
+    pids = [int(pid) for pid, _, args in (line.strip().partition(" ") for line in out.splitlines())
+            if text in args and int(pid) != os.getpid()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
             try:
-                os.kill(int(pid), signal.SIGTERM)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+        time.sleep(2)
 
 
 def tiny_overrides(model_dir: Path, data: Path, **extra: object) -> list[str]:
