@@ -28,7 +28,7 @@ def key(name: str, default: Scalar, help: str) -> Any:
 class ModelConfig:
     name: str = key("model.name", "embedded", "Hub id, local directory, .gguf file or 'embedded' (SmolLM2-135M-Instruct)")
     quantization: int = key("model.quantization", 0, "0 (none), 4 (QLoRA NF4) or 8 bits; 4/8 need CUDA + bitsandbytes")
-    dtype: str = key("model.dtype", "auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU)")
+    dtype: str = key("model.dtype", "auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA and AMX/AVX512-BF16 CPUs, else fp32)")
     gradient_checkpointing: bool = key("model.gradient-checkpointing", False, "trade compute for activation memory")
     attn_implementation: str = key("model.attn-implementation", "sdpa", "sdpa | eager | flash_attention_2")
     trust_remote_code: bool = key("model.trust-remote-code", False, "allow Hub models with custom code")

@@ -17,6 +17,7 @@ from flowertune.data.tokenize import build_example, end_of_turn_ids
 from flowertune.models.adapter import attach_adapter
 from flowertune.models.load import load_model, load_tokenizer
 from flowertune.train.batching import IGNORE, Example
+from flowertune.train.precision import prepare_for_training
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def runtime(cfg: Config) -> Runtime:
             from peft import prepare_model_for_kbit_training
 
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
-        model = attach_adapter(base, cfg.adapter, cfg.model, seed=cfg.train.seed)
+        model = prepare_for_training(attach_adapter(base, cfg.adapter, cfg.model, seed=cfg.train.seed),
+                                     cfg.model.dtype, cfg.model.attn_implementation)
         MODEL_LOADS += 1
         _RUNTIMES[key] = Runtime(model, tokenizer, tokenizer.pad_token_id, end_of_turn_ids(tokenizer))
     return _RUNTIMES[key]

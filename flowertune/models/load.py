@@ -13,8 +13,6 @@ from flowertune.models.source import ModelSourceError, local_path
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def pick_device() -> torch.device:
     """CUDA when present, else CPU."""
@@ -22,12 +20,10 @@ def pick_device() -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on CUDA with bf16 support and fp32 elsewhere."""
-    if name != "auto":
-        return _DTYPES[name]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    """``auto`` is bf16 on CUDA with bf16 support and on CPUs with native bf16 matmul (AMX/AVX512-BF16)."""
+    from flowertune.train.precision import training_dtype
+
+    return training_dtype(name, device)
 
 
 def quantization_config(bits: int, compute_dtype: torch.dtype) -> Any:

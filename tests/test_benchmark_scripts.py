@@ -1,0 +1,23 @@
+"""Every benchmarks/ script still runs (its --quick mode): the scripts never rot."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py"))
+
+
+def test_there_are_benchmark_scripts():
+    assert {"train_speed.py", "wire_bytes.py", "eval_speed.py"} <= set(SCRIPTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_quick_mode_runs(script):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick"], capture_output=True,
+                          text=True, timeout=900, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "|" in proc.stdout or "ratio" in proc.stdout.lower()  # printed its table
