@@ -143,6 +143,10 @@ def handle(args: argparse.Namespace) -> int:
     print(f"\nrun directory: {run_path}\n  rounds {s['rounds']}, eval loss {s['eval_loss_first']} -> "
           f"{s['eval_loss_last']}, communication {s['comm_cost_mb']:.2f} MB, {s['wall_s']:.0f} s\n"
           f"  final adapter: {run_path / 'final_adapter'}")
+    if s.get("rounds_without_update"):
+        print(f"  WARNING: rounds {s['rounds_without_update']} got no usable client update (client errors or "
+              f"rejected updates; see the log and 'failures'/'rejected' in metrics.jsonl)", file=sys.stderr)
+        return 3 if len(s["rounds_without_update"]) == s["rounds"] else 0
     return 0
 
 

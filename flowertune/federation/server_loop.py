@@ -83,6 +83,7 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
     run_dir.log({"round": 0, "eval_loss": first_eval, "bytes_init": init_bytes, "wall_s": time.perf_counter() - t_start})
     log.info("round 0: eval_loss %s", first_eval)
     last_eval = first_eval
+    stalled: list[int] = []
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         lr = cosine_annealing(r, rounds, cfg.train.learning_rate_max, cfg.train.learning_rate_min)
@@ -92,6 +93,7 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
         if new_arrays is not None:
             arrays = new_arrays
         else:
+            stalled.append(r)
             log.warning("round %d: no usable client update; the global adapter is unchanged", r)
         traffic = strategy.traffic
         cumulative += traffic.down + traffic.up
@@ -107,6 +109,7 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
         row = {
             "round": r, "lr": lr, "train_loss": tm.get("train_loss"), "eval_loss": eval_loss,
             "clients": len(msgs), "replies": len(replies), "rejected": traffic.rejected,
+            "failures": sum(1 for m in replies if m.has_error()),
             "bytes_down": traffic.down, "bytes_up": traffic.up, "bytes_round": traffic.down + traffic.up,
             "bytes_cumulative": cumulative, "bytes_eval_down": traffic.eval_down,
             "client_tokens_per_s": tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
@@ -119,7 +122,7 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
     summary = {
         "rounds": rounds, "eval_loss_first": first_eval, "eval_loss_last": last_eval,
         "bytes_cumulative": cumulative, "comm_cost_mb": cumulative / MB, "adapter_parameters": n_params,
-        "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir.path),
+        "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir.path), "rounds_without_update": stalled,
     }
     final = run_dir.finish(_as_numpy(arrays), adapter_config, summary)
     log.info("done: eval loss %s -> %s, communication %.2f MB, %.0f s; final adapter %s",
