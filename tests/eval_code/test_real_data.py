@@ -43,8 +43,9 @@ def test_mbpp_reference_code_passes_except_two_known_tasks() -> None:
     # 123: the reference is O(n^2) and needs ~7 s of CPython here, over bigcode's 3 s (and our 5 s) limit;
     # 367: its asserts use trees built by test_setup_code, which bigcode's mbpp task does not run either.
     # Both fail under the original protocol as well, so 498/500 is the reference ceiling.
-    assert sorted(failed) == ["123", "367"]
-    assert failed["123"].status == "timeout"
+    # 123 sits near the limit: it times out on a slow or busy machine and passes on a fast one
+    assert set(failed) - {"123"} == {"367"}
+    assert "123" not in failed or failed["123"].status == "timeout"
     assert "NameError" in failed["367"].stderr_tail
 
 
