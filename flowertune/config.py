@@ -104,7 +104,6 @@ class RunConfig:
     wire_codec: str = key("wire.codec", "fp32",
                           "adapter encoding on the wire: fp32 (lossless) | fp16 | delta-fp16 | delta-int8 | delta-topk-int8")
     wire_topk_fraction: float = key("wire.topk-fraction", 0.1, "share of entries delta-topk-int8 sends per tensor")
-    progress: bool = key("run.progress", True, "progress bars on long loops")
     client_worker: str = key("run.client-worker", "auto",
                              "keep the model in a resident per-node worker: auto (when Flower runs each message "
                              "in a fresh process, i.e. deployment) | on | off")

@@ -50,7 +50,7 @@ def tiny_overrides(model_dir: Path, data: Path, **extra: object) -> list[str]:
         "model.name": str(model_dir), "static.dataset.name": str(data), "num-server-rounds": 2,
         "train.training-arguments.max-steps": 2, "train.training-arguments.per-device-train-batch-size": 2,
         "train.seq-length": 96, "train.save-every-round": 1, "strategy.fraction-train": 1.0,
-        "model.lora.peft-lora-r": 4, "run.progress": False, **extra,
+        "model.lora.peft-lora-r": 4, **extra,
     }
     return [f"{k}={json.dumps(v)}" for k, v in cfg.items()]
 
