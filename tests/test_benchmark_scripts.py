@@ -20,4 +20,4 @@ def test_quick_mode_runs(script):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick"], capture_output=True,
                           text=True, timeout=900, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "|" in proc.stdout or "ratio" in proc.stdout.lower()  # printed its table
+    assert len(proc.stdout.strip().splitlines()) >= 3, proc.stdout  # printed its table
