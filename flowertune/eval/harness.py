@@ -119,7 +119,7 @@ def evaluate(model: Any, tokenizer: Any, benchmark_names: Sequence[str], data_di
              limit: int | None, batch_size: int, out_dir: Path, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Run each named benchmark (first ``limit`` items in protocol order when given) and write the results.
 
-    ``data_dir`` is the local data layout (``/work/shared/data`` style) or None for the Hugging Face Hub.
+    ``data_dir`` is a local benchmark data directory (one folder per benchmark) or None for the Hugging Face Hub.
     Returns the same mapping that is written to ``out_dir/results.json``.
     """
     benches = [BENCHMARKS.get(name) for name in benchmark_names]  # unknown names fail before any work
