@@ -271,7 +271,7 @@ def validate(cfg: Config) -> None:
     check_names(cfg)
 
 
-def _toml_value(v: Scalar) -> str:
+def toml_value(v: Scalar) -> str:
     import json
 
     if isinstance(v, bool):
@@ -287,8 +287,8 @@ def pyproject_section() -> str:
     static = []
     for k, v in flat_defaults().items():
         if k.startswith("static."):
-            static.append(f"{k[len('static.'):]} = {_toml_value(v)}")
+            static.append(f"{k[len('static.'):]} = {toml_value(v)}")
         else:
-            lines.append(f"{k} = {_toml_value(v)}")
+            lines.append(f"{k} = {toml_value(v)}")
     lines += ["", "# Dataset config (static for the FlowerTune LLM Leaderboard)", "[tool.flwr.app.config.static]", *static]
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from flowertune.config import Config, ConfigError, _toml_value, pyproject_section, resolve
+from flowertune.config import Config, ConfigError, pyproject_section, resolve, toml_value
 from flowertune.federation.rundir import SUMMARY, default_run_path
 
 
@@ -88,7 +88,7 @@ def flwr_env() -> dict[str, str]:
 def write_run_config(cfg: Config, directory: Path) -> Path:
     """The resolved config as a TOML file for ``flwr run --run-config``."""
     path = directory / "run-config.toml"
-    path.write_text("".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in cfg.to_flat().items()))
+    path.write_text("".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in cfg.to_flat().items()))
     return path
 
 
