@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import FakeGrid, tiny_model_dir  # benchmarks/ is the script's own directory
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from flowertune.config import Config, from_flat
 from flowertune.federation import client_runtime, client_tasks, wire_client
 from flowertune.federation.strategies import make_strategy
-from flowertune.models.source import local_path
 from flowertune.train.precision import prepare_for_training
 from flowertune.train.schedule import cosine_annealing
 from flowertune.wire import from_array_record, to_array_record
@@ -57,26 +57,6 @@ class Run:
     seconds: float = 0.0
 
 
-class FakeGrid:
-    """The two SuperNodes a strategy samples from."""
-
-    def get_node_ids(self) -> list[int]:
-        return [1, 2]
-
-
-def tiny_model_dir(root: Path) -> str:
-    """A 2-layer random-init Llama with the embedded model's tokenizer, saved as a model directory."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(local_path("embedded"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    path = root / "tiny-llama"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 def make_config(model: str, rounds: int, steps: int, batch: int, seq: int) -> Config:
