@@ -39,7 +39,7 @@ class Lever:
     fused: bool = False  # hidden-states loss without full logits
     attn: str = "sdpa"
     compile: bool = False
-    pack_length: int = 512
+    pack_length: int | None = 512  # None: the whole batch in one row
     large: bool = False  # also measured at batch 16 x 512
 
 
@@ -48,14 +48,16 @@ LEVERS = [
     Lever("bf16 autocast", autocast=True, large=True),
     Lever("bf16 weights", dtype="bfloat16", large=True),
     Lever("bf16 weights + target-only loss", dtype="bfloat16", fused=True, large=True),
-    Lever("fp32 + packing + target-only loss", mode="pack", fused=True),
-    Lever("bf16 + packing + target-only loss (default)", dtype="bfloat16", mode="pack", fused=True, large=True),
-    Lever("default, pack rows of 1024", dtype="bfloat16", mode="pack", fused=True, pack_length=1024),
-    Lever("default, pack rows of 2048", dtype="bfloat16", mode="pack", fused=True, pack_length=2048),
-    Lever("default + eager attention", dtype="bfloat16", mode="pack", fused=True, attn="eager"),
-    Lever("default + torch.compile", dtype="bfloat16", mode="pack", fused=True, compile=True),
+    Lever("bf16 + target-only + packed 512 rows (sdpa mask)", dtype="bfloat16", mode="pack", fused=True, large=True),
+    Lever("bf16 + target-only + 1 row + segment attn (default)", dtype="bfloat16", mode="pack", fused=True,
+          attn="segments", pack_length=None, large=True),
+    Lever("fp32 + target-only + 1 row + segment attn", mode="pack", fused=True, attn="segments", pack_length=None),
+    Lever("default + eager attention, packed 512 rows", dtype="bfloat16", mode="pack", fused=True, attn="eager"),
+    Lever("default + torch.compile", dtype="bfloat16", mode="pack", fused=True, attn="segments", pack_length=None,
+          compile=True),
 ]
 QUICK = [LEVERS[0], LEVERS[5]]
+DEFAULT = 5
 
 
 def make_examples(tokenizer, n: int, max_len: int, seed: int = 0) -> list:
@@ -182,6 +184,38 @@ def speed_all(levers: list[Lever], batch_size: int, max_len: int, steps: int,
     return [(n / w, n / (c / threads)) for n, w, c in zip(tokens, wall, cpu)]
 
 
+def gemm_rate(dtype_name: str, tokens: int = 2048) -> float:
+    """Measured GFLOP/s of this machine's matmul at the model's widest layer shape ([tokens, 576] x [576, 1536])."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(tokens, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t0, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ b
+    return 2 * tokens * 576 * 1536 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def flops_per_token(target_share: float) -> float:
+    """Matmul FLOPs per real token of one LoRA training step of the embedded model.
+
+    Forward and input-gradient of every frozen decoder linear (2 + 2 FLOPs per weight), the LM head only for
+    target tokens (``target_share`` of all tokens); LoRA and attention scores are small and left out.
+    """
+    import torch
+
+    from flowertune.config import ModelConfig
+    from flowertune.models.load import load_model
+
+    model = load_model(ModelConfig(name="embedded", dtype="float32"), device=torch.device("cpu"))
+    body = sum(m.weight.numel() for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}")
+    head = model.get_output_embeddings().weight.numel()
+    return 4 * body + 4 * head * target_share
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two configurations, batch 4 x 256, 1 timed step")
@@ -206,6 +240,14 @@ def main() -> None:
         batch_size, max_len = (int(x) for x in setting.split("x"))
         settings.append((batch_size, max_len, levers if batch_size * max_len <= 4 * 256 else large))
     rows = []
+    bf16, fp32 = gemm_rate("bfloat16"), gemm_rate("float32")
+    from flowertune.config import ModelConfig
+    from flowertune.models.load import load_tokenizer
+
+    sample = make_examples(load_tokenizer(ModelConfig(name="embedded")), 64, 512)
+    share = sum(sum(1 for x in e.labels if x != -100) for e in sample) / sum(len(e.input_ids) for e in sample)
+    per_token = flops_per_token(share)
+    ceiling = bf16 * 1e9 / per_token
     for batch_size, max_len, chosen in settings:
         steps = args.steps or (1 if args.quick else 3 if batch_size * max_len <= 4 * 256 else 2)
         speeds = speed_all(chosen, batch_size, max_len, steps, args.warmup)
@@ -219,11 +261,15 @@ def main() -> None:
             mem = json.loads(lines[-1][7:]) if lines else {"first_loss": float("nan"), "peak_rss_mb": float("nan")}
             rows.append((f"{batch_size}x{max_len}", lever.name, speed, (speed[0] / speeds[0][0],
                                                                          speed[1] / speeds[0][1]), mem))
-    print(f"\n{'batch':<8} {'configuration':<46} {'real tok/s':>10} {'vs plain':>9} {'CPU-time tok/s':>15} "
+    print(f"\n{'batch':<8} {'configuration':<52} {'real tok/s':>10} {'vs plain':>9} {'CPU-time tok/s':>15} "
           f"{'vs plain':>9} {'peak RSS MB':>12} {'loss step 1':>12}")
     for setting, name, speed, ratio, mem in rows:
-        print(f"{setting:<8} {name:<46} {speed[0]:>10.0f} {ratio[0]:>8.2f}x {speed[1]:>15.0f} {ratio[1]:>8.2f}x "
+        print(f"{setting:<8} {name:<52} {speed[0]:>10.0f} {ratio[0]:>8.2f}x {speed[1]:>15.0f} {ratio[1]:>8.2f}x "
               f"{mem['peak_rss_mb']:>12.0f} {mem['first_loss']:>12.4f}")
+    print(f"\nthis machine: matmul {bf16:.0f} GFLOP/s bf16, {fp32:.0f} GFLOP/s fp32 at [2048,576]x[576,1536]; "
+          f"{per_token / 1e6:.0f} MFLOP of matmuls per real token -> matmul-only ceiling ~{ceiling:.0f} tok/s (bf16)")
+    best = max(r[2][0] for r in rows)
+    print(f"best measured: {best:.0f} tok/s = {100 * best / ceiling:.0f}% of that ceiling")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from flowertune.wire import CODECS, decode_broadcast, encode_broadcast, get_codec, payload_bytes
+from flowertune.wire import CODECS, Downlink, decode_broadcast, get_codec, payload_bytes
 
 
 @dataclass
@@ -43,6 +43,9 @@ class Result:
     eval_loss: float = float("nan")
     seconds: float = 0.0
     final: dict[str, np.ndarray] | None = None
+    full_sizes: list[int] = field(default_factory=list)  # full downlink payloads (first contact)
+    delta_sizes: list[int] = field(default_factory=list)  # delta downlink payloads
+    up_sizes: list[int] = field(default_factory=list)
 
 
 def build_model(layers: int, vocab: int, rank: int) -> torch.nn.Module:
@@ -106,28 +109,33 @@ def eval_loss(model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
 
 def run_codec(name: str, options: dict, model: torch.nn.Module, init: dict[str, np.ndarray],
               data: list[list[torch.Tensor]], held_out: list[torch.Tensor], rounds: int, steps: int,
-              lr: float) -> Result:
-    """One federation of ``rounds`` rounds with 2 clients, every client sampled every round."""
+              lr: float, per_round: int, seed: int = 0) -> Result:
+    """One federation of ``rounds`` rounds; ``per_round`` of the ``len(data)`` nodes sampled each round."""
     codec = get_codec(name, **options)
     res = Result(name, steady=[])
     t0 = time.perf_counter()
     global_ = {k: v.copy() for k, v in init.items()}  # server: exact fp32 global
-    broadcast = None  # server: last broadcast
+    downlink = Downlink(codec)  # server: each node's copy
     held = [(None, None)] * len(data)  # client state: (version, arrays) it holds
     residual: list = [None] * len(data)  # client state: error-feedback residual
+    used = [0] * len(data)  # batches each node consumed
+    rng = np.random.default_rng(seed)
     for r in range(rounds):
-        broadcast = encode_broadcast(codec, global_, broadcast)
+        chosen = sorted(rng.choice(len(data), size=per_round, replace=False).tolist())
         round_bytes, decoded = 0, []
-        for c, batches in enumerate(data):
-            payload, base = broadcast.payload_for(held[c][0])
+        for c in chosen:
+            payload, base = downlink.payload_for(c, global_, r + 1)
             round_bytes += payload_bytes(payload)
+            (res.full_sizes if base is None else res.delta_sizes).append(payload_bytes(payload))
             start = decode_broadcast(codec, payload, base, *held[c])
-            held[c] = (broadcast.version, start)
+            held[c] = (r + 1, start)
             set_arrays(model, start)
-            train(model, batches[r * steps:(r + 1) * steps], lr)
+            train(model, data[c][used[c]:used[c] + steps], lr)
+            used[c] += steps
             trained = get_arrays(model)
             up, residual[c] = codec.encode(trained, start, residual[c])
             round_bytes += payload_bytes(up)
+            res.up_sizes.append(payload_bytes(up))
             server_view = codec.decode(up, global_)
             decoded.append(server_view)
             for k in trained:  # error of the update the server applies vs the update the client made
@@ -136,6 +144,7 @@ def run_codec(name: str, options: dict, model: torch.nn.Module, init: dict[str, 
                 res.err_sum, res.err_n = res.err_sum + float(np.abs(err).sum()), res.err_n + err.size
                 res.err_l2 += float((err.astype(np.float64) ** 2).sum())
                 res.upd_l2 += float(((trained[k] - start[k]).astype(np.float64) ** 2).sum())
+        downlink.settle(set(chosen))
         global_ = {k: np.mean([d[k] for d in decoded], axis=0, dtype=np.float64).astype(np.float32) for k in global_}
         if r == 0:
             res.first_round = round_bytes
@@ -148,6 +157,19 @@ def run_codec(name: str, options: dict, model: torch.nn.Module, init: dict[str, 
     return res
 
 
+def amortized(r: Result, nodes: int, per_round: int, rounds: int) -> float:
+    """Mean bytes per round of a ``rounds``-round federation where each node's first downlink is full.
+
+    Arithmetic on this run's measured message sizes (mean full, delta and uplink payloads).
+    """
+    full = float(np.mean(r.full_sizes))
+    delta = float(np.mean(r.delta_sizes)) if r.delta_sizes else full
+    up = float(np.mean(r.up_sizes))
+    messages = rounds * per_round
+    first = min(nodes, messages)
+    return (first * full + (messages - first) * delta + messages * up) / rounds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 layers, vocab 2048, 3 rounds x 2 steps")
@@ -158,6 +180,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary (no effect on the adapter; logits cost time)")
     ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--nodes", type=int, default=4, help="nodes in the federation")
+    ap.add_argument("--per-round", type=int, default=2, help="nodes sampled per round (seeded)")
+    ap.add_argument("--project", default="20,2,200",
+                    help="nodes,per-round,rounds of the amortized projection (leaderboard medical: 20,2,200)")
     args = ap.parse_args()
     layers, vocab = (2, 2048) if args.quick else (30, 49152)
     vocab = args.vocab or vocab
@@ -168,20 +194,23 @@ def main() -> None:
     model = build_model(layers, vocab, args.rank)
     init = get_arrays(model)
     n_params = sum(v.size for v in init.values())
-    data = [client_batches(c, vocab, rounds * steps, batch=4, seq=64) for c in range(2)]
+    data = [client_batches(c % 4, vocab, rounds * steps, batch=4, seq=64) for c in range(args.nodes)]
     held_out = client_batches(0, vocab, 2, 4, 64)[:1] + client_batches(1, vocab, 2, 4, 64)[:1]
     print(f"adapter: {len(init)} tensors, {n_params:,} parameters ({n_params * 4 / 2**20:.2f} MiB fp32); "
-          f"{layers} layers, r={args.rank}, 2 clients, {rounds} rounds x {steps} steps")
-    fp32_full = 2 * 2 * payload_bytes(init)  # reference point: full fp32 adapter, 2 clients, down + up
+          f"{layers} layers, r={args.rank}, {args.nodes} nodes, {args.per_round} per round, "
+          f"{rounds} rounds x {steps} steps")
+    fp32_full = args.per_round * 2 * payload_bytes(init)  # reference: full fp32 adapter, down + up per client
     results = []
     for name in ["fp32"] + [c for c in args.codecs if c != "fp32"]:  # fp32 first: the drift reference
         options = {"fraction": args.fraction} if name == "delta-topk-int8" else {}
-        results.append(run_codec(name, options, model, init, data, held_out, rounds, steps, args.lr))
+        results.append(run_codec(name, options, model, init, data, held_out, rounds, steps, args.lr,
+                                 args.per_round))
         print(f"  {name}: {results[-1].seconds:.0f} s", flush=True)
 
-    print(f"\nfp32 full-adapter exchange: {fp32_full:,} bytes/round (2 clients x (down + up))")
-    header = (f"{'codec':<17}{'bytes/round':>13}{'vs fp32':>9}{'round 1':>13}{'max|err|':>11}{'mean|err|':>11}"
-              f"{'rel L2':>9}{'drift':>9}{'eval loss':>11}")
+    p_nodes, p_per, p_rounds = (int(x) for x in args.project.split(","))
+    print(f"\nfp32 full-adapter exchange: {fp32_full:,} bytes/round ({args.per_round} clients x (down + up))")
+    header = (f"{'codec':<17}{'bytes/round':>13}{'vs fp32':>9}{'round 1':>13}{'delta down':>11}{'up':>10}"
+              f"{'projected':>10}{'max|err|':>11}{'mean|err|':>11}{'rel L2':>9}{'drift':>9}{'eval loss':>11}")
     ref = results[0].final
     moved = sum(float(((ref[k] - init[k]).astype(np.float64) ** 2).sum()) for k in init) ** 0.5
     print(header + "\n" + "-" * len(header))
@@ -189,8 +218,14 @@ def main() -> None:
         steady = float(np.mean(r.steady)) if r.steady else float(r.first_round)
         rel = (r.err_l2 / r.upd_l2) ** 0.5 if r.upd_l2 else 0.0
         drift = sum(float(((r.final[k] - ref[k]).astype(np.float64) ** 2).sum()) for k in init) ** 0.5 / moved
-        print(f"{r.codec:<17}{steady:>13,.0f}{fp32_full / steady:>8.1f}x{r.first_round:>13,}{r.err_max:>11.2e}"
+        proj = p_per * 2 * payload_bytes(init) / amortized(r, p_nodes, p_per, p_rounds)
+        delta_down = float(np.mean(r.delta_sizes)) if r.delta_sizes else float("nan")
+        print(f"{r.codec:<17}{steady:>13,.0f}{fp32_full / steady:>8.1f}x{r.first_round:>13,}{delta_down:>11,.0f}"
+              f"{float(np.mean(r.up_sizes)):>10,.0f}{proj:>9.1f}x{r.err_max:>11.2e}"
               f"{r.err_sum / max(r.err_n, 1):>11.2e}{rel:>9.4f}{drift:>9.4f}{r.eval_loss:>11.4f}")
+    print(f"bytes/round: mean over rounds >= 2 (first-contact full downlinks included); delta down / up: mean "
+          f"payload per message; projected: fp32 / amortized bytes per round for {p_nodes} nodes, {p_per} per "
+          f"round, {p_rounds} rounds (each node's first downlink full), from this run's message sizes")
 
 
 if __name__ == "__main__":

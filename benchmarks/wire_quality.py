@@ -42,10 +42,17 @@ from flowertune.wire import from_array_record, to_array_record
 
 CLIENTS = 2
 MB = 1024**2
-CODECS: list[tuple[str, dict[str, Any]]] = [
-    ("fp32", {}), ("fp16", {}), ("delta-fp16", {}), ("delta-int8", {}),
-    ("delta-topk-int8", {"fraction": 0.25}), ("delta-topk-int8", {"fraction": 0.1}),
-]
+CODECS = "fp32,fp16,delta-int8,delta-int4,delta-int3,delta-int2,delta-topk-int8:0.1"
+"""Default codec list; ``name:fraction`` sets the top-k fraction."""
+
+
+def parse_codecs(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """``"fp32,delta-topk-int8:0.1"`` -> ``[("fp32", {}), ("delta-topk-int8", {"fraction": 0.1})]`` (fp32 first)."""
+    out = []
+    for item in text.split(","):
+        name, _, fraction = item.partition(":")
+        out.append((name, {"fraction": float(fraction)} if fraction else {}))
+    return [("fp32", {})] + [c for c in out if c[0] != "fp32"]
 
 
 @dataclass
@@ -133,6 +140,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="federated rounds (default 6; quick 2)")
     ap.add_argument("--steps", type=int, default=None, help="local steps per round (default 10; quick 1)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 8; quick 2)")
+    ap.add_argument("--codecs", default=CODECS, help=f"comma-separated codecs (default {CODECS})")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -148,7 +156,7 @@ def main() -> None:
         init, _ = client_tasks.initial_adapter(cfg)
         initial_eval = eval_loss(cfg, init)
         runs = []
-        for codec, options in CODECS:
+        for codec, options in parse_codecs(args.codecs):
             runs.append(federate(cfg, init, codec, options))
             r = runs[-1]
             print(f"  {r.label}: eval loss {r.eval_loss:.4f}, {sum(r.bytes) / MB:.2f} MB, {r.seconds:.0f} s", flush=True)

@@ -30,7 +30,9 @@ class ModelConfig:
     quantization: int = key("model.quantization", 0, "0 (none), 4 (QLoRA NF4) or 8 bits; 4/8 need CUDA + bitsandbytes")
     dtype: str = key("model.dtype", "auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA and AMX/AVX512-BF16 CPUs, else fp32)")
     gradient_checkpointing: bool = key("model.gradient-checkpointing", False, "trade compute for activation memory")
-    attn_implementation: str = key("model.attn-implementation", "sdpa", "sdpa | eager | flash_attention_2")
+    attn_implementation: str = key("model.attn-implementation", "auto",
+                                   "auto (training: per-example causal attention on packed rows; inference: sdpa) "
+                                   "| sdpa | eager | flash_attention_2 | segments")
     trust_remote_code: bool = key("model.trust-remote-code", False, "allow Hub models with custom code")
 
 

@@ -15,6 +15,9 @@ codec                     lossless   payload for one tensor ``k``
 ``delta-fp16``            no         ``k::delta``: ``new - reference`` in fp16
 ``delta-int8``            no         ``k::q`` int8 of the shape of ``k`` + ``k::scale`` fp32 per row (output
                                      channel; one scale for a 1-D tensor such as a DoRA magnitude vector)
+``delta-int4/3/2``        no         ``k::q`` the update quantized to 4/3/2 bits (levels -L..L), bit-packed into
+                                     uint8, + ``k::scale`` fp32 per slice along the longer axis (rank rows of
+                                     LoRA A, rank columns of LoRA B); error feedback
 ``delta-topk-int8``       no         top ``fraction`` of ``|update|`` per tensor: ``k::q`` int8 values,
                                      ``k::idx`` uint8 gaps between flat positions (a gap over 255 is
                                      bridged by zero-valued filler entries), ``k::scale`` one fp32 scale
@@ -24,25 +27,24 @@ Rules shared by every codec:
 
 * A key missing from a payload is unchanged: ``decode`` takes it from ``reference``. Encoders leave out
   a tensor whose update is all zero (delta codecs) or whose wire value equals the reference bit for bit.
-* Delta codecs need a reference and decode to ``reference + update``. ``delta-int8`` and
-  ``delta-topk-int8`` do error feedback: the quantization error is returned as the new ``residual``,
+* Delta codecs need a reference and decode to ``reference + update``. ``delta-int8``, ``delta-int4/3/2``
+  and ``delta-topk-int8`` do error feedback: the quantization error is returned as the new ``residual``,
   which the caller keeps and passes to the next ``encode`` (added to that round's update).
 * Non-finite values are rejected with a ``ValueError`` naming the tensor, on encode (client) and on
   decode (server: a NaN/inf update is never aggregated). So is a value that does not fit fp16.
 * Scales are fp32 because LoRA updates (~1e-6..1e-3) divided by 127 underflow fp16.
 
-Where the references come from (the lead's integration, see also :class:`Broadcast`):
+Where the references come from (see :class:`Downlink`):
 
-* The server keeps the global adapter ``G`` in fp32 and aggregates in fp32, plus the last
-  :class:`Broadcast` and, per node, the broadcast version that node last acknowledged (by replying).
-* Downlink, round ``t``: ``b = encode_broadcast(codec, G, previous=b_prev)``; each node gets
-  ``b.payload_for(version the node holds)``: the compact delta against ``b_prev`` if it holds
-  ``b_prev.version``, else (first contact, missed rounds) the full fp32 arrays (fp16 for ``fp16``). Both
-  decode to the same ``b.arrays``, so every sampled client starts from identical weights.
-* Uplink: the client encodes its trained adapter against the ``b.arrays`` it decoded, with its residual;
-  the server decodes every reply against its exact ``G`` (not against ``b.arrays``) and aggregates.
-  That puts the downlink's quantization error ``G - b.arrays`` back into the next broadcast: error
-  feedback on the downlink at no cost.
+* The server keeps the global adapter ``G`` in fp32 and aggregates in fp32. For delta codecs it also
+  mirrors, per node, the adapter that node holds (the last downlink it decoded and answered).
+* Downlink, round ``t``: a node with a known copy ``C`` gets ``encode(G, C)``, a delta from its own copy
+  (however many rounds old); a node without one (first contact, lost or rejected reply) gets the full
+  arrays: fp32 with the lossless ``fp32`` codec, fp16 with every lossy one. Sampled clients may start from slightly different lossy copies of
+  ``G``; each copy's error is part of that node's next delta.
+* Uplink: the client encodes its trained adapter against the copy it decoded, with its residual; the
+  server decodes every reply against its exact ``G`` (the client's *update* is applied to ``G``), so the
+  downlink's quantization error never enters the global model.
 
 Count bytes with :func:`payload_bytes`, which equals ``ArrayRecord.count_bytes()`` of the payload.
 """
@@ -282,6 +284,78 @@ class DeltaInt8(DeltaCodec):
         return (q.astype(_F32) * scale[:, None]).reshape(shape)
 
 
+def _slices(update: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(2-D view with one slice per row, transposed?)``: slices run along the longer axis of a matrix.
+
+    A LoRA A (``[r, in]``) gets one scale per rank row, a LoRA B (``[out, r]``) one per rank column, so
+    each scale covers hundreds of entries and costs under 2% of the payload even at 3 bits.
+    """
+    if update.ndim < 2:
+        return update.reshape(1, -1), False
+    rows = update.reshape(update.shape[0], -1)
+    return (rows.T, True) if rows.shape[0] > rows.shape[1] else (rows, False)
+
+
+def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned ``codes`` (< 2**bits) packed ``bits`` per entry, little-endian, into uint8."""
+    planes = np.unpackbits(codes.astype(np.uint8).reshape(-1, 1), axis=1, bitorder="little")[:, :bits]
+    return np.packbits(planes.ravel(), bitorder="little")
+
+
+def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: ``count`` codes as uint8."""
+    planes = np.unpackbits(packed, count=count * bits, bitorder="little").reshape(count, bits)
+    return (planes << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
+
+
+class DeltaLowBit(DeltaCodec):
+    """Symmetric ``bits``-bit quantization of the update (levels -L..L, L = 2**(bits-1) - 1), bit-packed.
+
+    One fp32 scale (``absmax / L``) per slice along the longer axis; error feedback like ``delta-int8``.
+    Payload: ``k::q`` uint8 bit-packed codes, ``k::scale`` fp32 per slice.
+    """
+
+    parts, error_feedback, bits = ("q", "scale"), True, 4
+
+    def pack(self, key: str, update: np.ndarray) -> tuple[Arrays, np.ndarray | None]:
+        level = 2 ** (self.bits - 1) - 1
+        view, _ = _slices(update)
+        scale = (np.abs(view).max(axis=1) / level).astype(_F32)
+        safe = np.where(scale > 0, scale, 1).astype(_F32)[:, None]
+        q = np.clip(np.rint(view / safe), -level, level)
+        error = view - q.astype(_F32) * scale[:, None]
+        error = error.T if _slices(update)[1] else error
+        return ({"q": pack_bits((q + level).astype(np.uint8), self.bits), "scale": scale},
+                error.reshape(update.shape))
+
+    def unpack(self, key: str, parts: Arrays, shape: tuple[int, ...]) -> np.ndarray:
+        level = 2 ** (self.bits - 1) - 1
+        view, transposed = _slices(np.empty(shape, dtype=np.uint8))
+        n = math.prod(shape)
+        q = _expect(f"{key}{SEP}q", parts["q"], np.uint8, (math.ceil(n * self.bits / 8),))
+        scale = _expect(f"{key}{SEP}scale", parts["scale"], _F32, (view.shape[0],))
+        codes = unpack_bits(q, self.bits, n).astype(_F32) - level
+        if (codes > level).any():
+            raise ValueError(f"payload {key}{SEP}q has codes outside -{level}..{level}")
+        values = codes.reshape(view.shape) * scale[:, None]
+        return (values.T if transposed else values).reshape(shape)
+
+
+@CODECS.register("delta-int4")
+class DeltaInt4(DeltaLowBit):
+    name, bits = "delta-int4", 4
+
+
+@CODECS.register("delta-int3")
+class DeltaInt3(DeltaLowBit):
+    name, bits = "delta-int3", 3
+
+
+@CODECS.register("delta-int2")
+class DeltaInt2(DeltaLowBit):
+    name, bits = "delta-int2", 2
+
+
 @CODECS.register("delta-topk-int8")
 class DeltaTopKInt8(DeltaCodec):
     name, parts, error_feedback = "delta-topk-int8", ("q", "idx", "scale"), True
@@ -328,48 +402,89 @@ class DeltaTopKInt8(DeltaCodec):
 
 
 def full_codec(codec: Codec) -> Codec:
-    """The codec of a first-contact broadcast: fp32 for delta codecs, the codec itself otherwise."""
-    return get_codec("fp32") if codec.is_delta else codec
+    """The codec of a full (first-contact) downlink: fp32 for the lossless codec, fp16 for lossy ones.
+
+    For delta codecs the fp16 copy's error is part of the node's next delta (the server mirrors the copy)
+    and never reaches the global model (uplinks are decoded against the exact global).
+    """
+    return codec if codec.lossless else get_codec("fp16")
+
+
+def encode_full(codec: Codec, arrays: Arrays) -> Arrays:
+    """The full payload for ``codec`` (see :func:`full_codec`); fp32 when a value does not fit fp16."""
+    try:
+        return full_codec(codec).encode(arrays, None, None)[0]
+    except ValueError:
+        return get_codec("fp32").encode(arrays, None, None)[0]
+
+
+def decode_full(payload: Arrays) -> Arrays:
+    """A full payload (fp16 or fp32 arrays, see :func:`encode_full`) as fp32 arrays."""
+    fp16 = bool(payload) and all(np.asarray(v).dtype == np.float16 for v in payload.values())
+    return get_codec("fp16" if fp16 else "fp32").decode(payload, None)
 
 
 @dataclass(frozen=True)
-class Broadcast:
-    """One round's downlink: what every receiving client will hold, and both ways to send it."""
+class NodeCopy:
+    """The adapter one node holds after decoding a downlink: the reference of its next delta."""
 
     version: int
-    arrays: Arrays  # what a client holds after decoding; the reference of its uplink this round
-    full: Arrays  # payload for a node that does not hold ``base_version`` (first contact, missed rounds)
-    delta: Arrays | None  # payload for a node that holds ``base_version``; None on the first broadcast
-    base_version: int | None
-
-    def payload_for(self, held_version: int | None) -> tuple[Arrays, int | None]:
-        """``(payload, version it decodes against or None for full)`` for a node holding ``held_version``."""
-        if self.delta is not None and held_version == self.base_version:
-            return self.delta, self.base_version
-        return self.full, None
+    arrays: Arrays
 
 
-def encode_broadcast(codec: Codec, global_arrays: Arrays, previous: Broadcast | None) -> Broadcast:
-    """Encode the server's fp32 global adapter for the next round, against the previous broadcast.
+class Downlink:
+    """Server side of the downlink: a mirror of what every node holds, and the payload for each node.
 
-    The full payload carries exactly ``arrays`` (lossless fp32, or fp16 values for ``fp16``), so nodes
-    that get the delta and nodes that get the full payload hold the same weights afterwards.
+    A node that holds a copy the server knows (it decoded an earlier downlink and its reply came back)
+    gets ``codec.encode(global, its copy)``: a delta from *its own* copy, however many rounds old, so
+    partial participation (a node sampled every 10th round) still gets compact deltas, and whatever the
+    previous lossy deltas left out is part of this one. A node without a known copy (first contact, or
+    its last reply was lost or rejected) gets the full payload (:func:`encode_full`: fp16 for lossy codecs). Non-delta codecs
+    always send the full payload and keep no copies.
+
+    The server mirrors each node's copy exactly (it decodes the payload it sends), costing one adapter of
+    memory per participating node for delta codecs.
     """
-    if previous is None:
-        full, _ = full_codec(codec).encode(global_arrays, None, None)
-        return Broadcast(0, full_codec(codec).decode(full, None), full, None, None)
-    delta, _ = codec.encode(global_arrays, previous.arrays, None)
-    arrays = codec.decode(delta, previous.arrays)
-    full, _ = full_codec(codec).encode(arrays, None, None)
-    return Broadcast(previous.version + 1, arrays, full, delta, previous.version)
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.copies: dict[int, NodeCopy] = {}
+        self.pending: dict[int, NodeCopy] = {}
+
+    def payload_for(self, node: int, global_arrays: Arrays, version: int) -> tuple[Arrays, int | None]:
+        """``(payload, version it is a delta against, or None for full)`` bringing ``node`` to ``version``."""
+        copy = self.copies.get(node) if self.codec.is_delta else None
+        if copy is None:
+            payload = encode_full(self.codec, global_arrays)
+            arrays, base = decode_full(payload), None
+        else:
+            payload, _ = self.codec.encode(global_arrays, copy.arrays, None)
+            arrays, base = self.codec.decode(payload, copy.arrays), copy.version
+        if self.codec.is_delta:
+            self.pending[node] = NodeCopy(version, arrays)
+        return payload, base
+
+    def held_by(self, node: int) -> Arrays | None:
+        """What ``node`` holds after decoding this round's payload (delta codecs only)."""
+        copy = self.pending.get(node)
+        return None if copy is None else copy.arrays
+
+    def settle(self, replied: set[int]) -> None:
+        """After a round: nodes whose reply was accepted hold their pending copy; the others are unknown."""
+        for node, copy in self.pending.items():
+            if node in replied:
+                self.copies[node] = copy
+            else:
+                self.copies.pop(node, None)
+        self.pending = {}
 
 
 def decode_broadcast(
     codec: Codec, payload: Arrays, base_version: int | None, held_version: int | None, held: Arrays | None
 ) -> Arrays:
-    """Client side of :func:`encode_broadcast`: the broadcast's ``arrays`` from what was received."""
+    """Client side of :class:`Downlink`: the adapter ``payload`` brings this node to."""
     if base_version is None:
-        return full_codec(codec).decode(payload, None)
+        return decode_full(payload)
     if held is None or held_version != base_version:
         raise ValueError(f"broadcast is a delta against version {base_version}, this node holds {held_version}")
     return codec.decode(payload, held)

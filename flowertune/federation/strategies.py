@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 from flowertune.config import StrategyConfig
 from flowertune.models.adapter import AdapterUpdateError, check_arrays
 from flowertune.registry import Registry
-from flowertune.wire import Broadcast, encode_broadcast, from_array_record, get_codec, to_array_record
+from flowertune.wire import Downlink, from_array_record, get_codec, to_array_record
 
 log = logging.getLogger(__name__)
 _RANDOM_LOCK = threading.Lock()  # Flower samples with the global `random`; we seed it per call
@@ -68,10 +68,8 @@ class FlowerTuneMixin:
         self.traffic = RoundTraffic()
         self._shapes: dict[str, tuple[int, ...]] = {}
         self.codec = get_codec(codec, **codec_options)
-        self.broadcast: Broadcast | None = None
-        self.held: dict[int, int] = {}  # node id -> broadcast version it decoded last
+        self.downlink = Downlink(self.codec)  # per node: the adapter copy it holds (delta codecs)
         self._global: dict[str, np.ndarray] = {}
-        self._sent_version = -1
 
     def _seeded(self, salt: int, fn: Callable[[], Any]) -> Any:
         with _RANDOM_LOCK:
@@ -87,20 +85,19 @@ class FlowerTuneMixin:
         self._shapes = {k: tuple(a.shape) for k, a in arrays.items()}
         msgs = list(self._seeded(2 * server_round, lambda: super(FlowerTuneMixin, self).configure_train(
             server_round, arrays, config, _SortedGrid(grid))))
-        msgs = self._encode_downlink(arrays, msgs)
+        msgs = self._encode_downlink(server_round, arrays, msgs)
         self.traffic = RoundTraffic(down=message_bytes(msgs))
         return msgs
 
-    def _encode_downlink(self, arrays: ArrayRecord, msgs: list[Message]) -> list[Message]:
-        """Give every sampled node the broadcast in the wire codec: a delta if it holds the last one."""
+    def _encode_downlink(self, server_round: int, arrays: ArrayRecord, msgs: list[Message]) -> list[Message]:
+        """Give every sampled node the global adapter in the wire codec: a delta from its own copy if known."""
         self._global = from_array_record(arrays)
-        self.broadcast = encode_broadcast(self.codec, self._global, self.broadcast)
         out = []
         for m in msgs:
             node = m.metadata.dst_node_id
-            payload, base = self.broadcast.payload_for(self.held.get(node))
+            payload, base = self.downlink.payload_for(node, self._global, server_round)
             config = ConfigRecord(dict(m.content["config"]))
-            config.update({"wire-codec": self.codec.name, "wire-version": self.broadcast.version,
+            config.update({"wire-codec": self.codec.name, "wire-version": server_round,
                            "wire-topk-fraction": float(getattr(self.codec, "fraction", 0.0)),
                            "wire-base": -1 if base is None else base})
             out.append(Message(RecordDict({"arrays": to_array_record(payload), "config": config}), dst_node_id=node,
@@ -115,7 +112,6 @@ class FlowerTuneMixin:
             arrays = self.codec.decode(from_array_record(msg.content.array_records["arrays"]), self._global)
         except (ValueError, KeyError) as exc:
             return f"cannot decode the {self.codec.name} update: {exc}"
-        self.held[msg.metadata.src_node_id] = self.broadcast.version if self.broadcast else -1
         # the aggregation sees full fp32 arrays; the bytes were already counted on the encoded reply
         msg.content = RecordDict({**msg.content.metric_records, "arrays": to_array_record(arrays)})
         return msg
@@ -151,17 +147,19 @@ class FlowerTuneMixin:
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self.traffic.up = message_bytes(replies)
-        good = []
+        good, accepted = [], set()
         for msg in replies:
             decoded = self._decode_uplink(msg)
             reason = decoded if isinstance(decoded, str) else self.check_reply(decoded)
             msg = decoded if not isinstance(decoded, str) else msg
             if reason is None:
                 good.append(msg)
+                accepted.add(msg.metadata.src_node_id)
             else:
                 node = msg.metadata.src_node_id
                 self.traffic.rejected.append(f"node {node}: {reason}")
                 log.warning("round %d: rejected the update of node %s: %s", server_round, node, reason)
+        self.downlink.settle(accepted)  # a node whose reply did not make it gets the full adapter next time
         return super().aggregate_train(server_round, good)  # type: ignore[misc]
 
 

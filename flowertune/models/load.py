@@ -79,6 +79,16 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     return tok
 
 
+def loading_attn_implementation(name: str) -> str:
+    """The attention the model is loaded with: ``auto`` and ``segments`` load with ``sdpa``.
+
+    The segment attention is a training-time kernel (:mod:`flowertune.train.attention`); generation and
+    left-padded inputs need the masked kernels, so the model starts with ``sdpa`` and
+    :func:`flowertune.train.precision.prepare_for_training` switches it.
+    """
+    return "sdpa" if name in ("auto", "segments") else name
+
+
 def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Any:
     """The base causal LM on ``device`` in the configured dtype/quantization, in eval mode."""
     from transformers import AutoModelForCausalLM
@@ -89,7 +99,7 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Any:
     path = local_path(cfg.name)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
-        "attn_implementation": cfg.attn_implementation,
+        "attn_implementation": loading_attn_implementation(cfg.attn_implementation),
         "trust_remote_code": cfg.trust_remote_code,
     }
     if qcfg is not None:

@@ -24,9 +24,10 @@ import torch
 IGNORE = -100
 
 PACK_LENGTH = 512
-"""Default row capacity of packed batches (tokens). Attention with a packed (block-diagonal) mask costs
-row_length² per row whatever the segments, so rows are bounded instead of putting a whole batch in one row;
-first-fit decreasing still fills 512-token rows well for examples of ~200 tokens (benchmarks/train_speed.py)."""
+"""Row capacity of packed batches (tokens) for masked attention kernels (sdpa, eager). Attention with a
+packed (block-diagonal) mask costs row_length² per row whatever the segments, so rows are bounded there.
+The segment attention (:mod:`flowertune.train.attention`, the training default) costs Σ segment², so the
+training loop packs a whole micro-batch into one row (``pack_length=None``): no padding at all."""
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,12 @@ def collate(
     examples: list[Example],
     pad_id: int,
     mode: Literal["pack", "pad"] = "pack",
-    pack_length: int = PACK_LENGTH,
+    pack_length: int | None = PACK_LENGTH,
 ) -> dict[str, torch.Tensor]:
     """Build one model batch from ``examples``.
 
     ``mode="pack"`` (default) packs examples into rows of at most ``max(pack_length, longest example)``
-    tokens (first-fit decreasing); ``mode="pad"`` right-pads one example per row to the longest example of
+    tokens (first-fit decreasing), or all into one row when ``pack_length`` is None; ``mode="pad"`` right-pads one example per row to the longest example of
     this batch (never to a fixed max length). Both give the same summed loss and the same target count.
     """
     if not examples:
@@ -91,9 +92,9 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def _pack(examples: list[Example], pad_id: int, pack_length: int) -> dict[str, torch.Tensor]:
+def _pack(examples: list[Example], pad_id: int, pack_length: int | None) -> dict[str, torch.Tensor]:
     lengths = [len(e.input_ids) for e in examples]
-    rows = pack_rows(lengths, max(pack_length, max(lengths)))
+    rows = pack_rows(lengths, sum(lengths) if pack_length is None else max(pack_length, max(lengths)))
     width = max(sum(lengths[i] for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)

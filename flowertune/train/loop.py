@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from flowertune.config import ConfigError, TrainConfig
-from flowertune.train.batching import Example, collate, count_real_tokens
+from flowertune.train.attention import uses_segments
+from flowertune.train.batching import PACK_LENGTH, Example, collate, count_real_tokens
 from flowertune.train.loss import causal_lm_loss
 from flowertune.train.schedule import warmup_factor
 
@@ -35,6 +36,11 @@ class RoundResult:
     examples: int  # examples consumed (with repetition)
     real_tokens: int  # non-padding tokens processed
     seconds: float
+
+
+def pack_length_for(model: Any) -> int | None:
+    """Row capacity of packed batches: one row per micro-batch with the segment attention, else bounded."""
+    return None if uses_segments(model) else PACK_LENGTH
 
 
 def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -83,7 +89,7 @@ def train_round(model: Any, examples: Sequence[Example], cfg: TrainConfig, lr: f
     for step in range(cfg.max_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr * warmup_factor(step, cfg.warmup_steps)
-        micro = [collate([examples[i] for i in idx], pad_id) for idx in
+        micro = [collate([examples[i] for i in idx], pad_id, pack_length=pack_length_for(model)) for idx in
                  batches[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]]
         micro = [{k: v.to(device) for k, v in b.items()} for b in micro]
         n_step = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
@@ -116,7 +122,8 @@ def evaluate_loss(model: Any, examples: Sequence[Example], batch_size: int, pad_
     model.eval()
     total, n_total = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(list(examples[i:i + batch_size]), pad_id).items()}
+        rows = collate(list(examples[i:i + batch_size]), pad_id, pack_length=pack_length_for(model))
+        batch = {k: v.to(device) for k, v in rows.items()}
         loss_sum, n = causal_lm_loss(model, batch)
         total += float(loss_sum)
         n_total += n

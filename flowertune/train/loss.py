@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from flowertune.train.attention import segment_kwargs, uses_segments
 from flowertune.train.batching import IGNORE
 
 CHUNK = 1024
@@ -34,6 +35,8 @@ def causal_lm_loss(
     causal LMs. ``fused=False`` computes full-vocabulary logits (the reference path).
     """
     inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+    if uses_segments(model):
+        inputs.update(segment_kwargs(batch))
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     n = int(keep.sum())

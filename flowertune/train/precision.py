@@ -35,7 +35,16 @@ def training_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
 
 
-def prepare_for_training(model: Any, dtype: str = "auto", attn_implementation: str | None = "sdpa") -> Any:
+def training_attn_implementation(name: str | None) -> str | None:
+    """The attention used for training: ``auto``/``segments`` give the segment attention, others as named."""
+    if name in ("auto", "segments"):
+        from flowertune.train.attention import register
+
+        return register()
+    return name
+
+
+def prepare_for_training(model: Any, dtype: str = "auto", attn_implementation: str | None = "auto") -> Any:
     """Cast frozen weights to the training dtype and trainable ones to fp32; switch off the KV cache.
 
     Call it after wrapping the model with PEFT and before building the optimizer (the optimizer must see
@@ -53,6 +62,7 @@ def prepare_for_training(model: Any, dtype: str = "auto", attn_implementation: s
     config = getattr(model, "config", None)
     if config is not None:
         config.use_cache = False
+    attn_implementation = training_attn_implementation(attn_implementation)
     if attn_implementation is not None and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(attn_implementation)
     log.info("prepared for training: base %s, trainable fp32, attention %s", target, attn_implementation)

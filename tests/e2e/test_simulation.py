@@ -80,7 +80,7 @@ def test_bad_config_fails_before_anything_starts(tmp_path):
 
 
 def test_compressed_wire_through_the_real_runtime(tmp_path, tiny_model_dir, tiny_data_file, sim_run):
-    """delta-int8 on both links: the node state (held broadcast, residual) survives rounds in Flower."""
+    """delta-int8 on both links: the node state (held copy, residual) survives rounds in Flower."""
     fp32_rows = read_jsonl(sim_run[0] / "metrics.jsonl")
     home, out = tmp_path / "home", tmp_path / "int8"
     cmd = [str(BIN / "flowertune"), "run", "--num-supernodes", "2", "--out", str(out),
@@ -95,5 +95,6 @@ def test_compressed_wire_through_the_real_runtime(tmp_path, tiny_model_dir, tiny
     fp32_up = fp32_rows[1]["bytes_up"]
     # int8 values + one fp32 scale per row (on this tiny adapter the scales are a third of the payload)
     assert all(r["bytes_up"] < fp32_up / 1.4 for r in rows[1:])
-    assert rows[1]["bytes_down"] == fp32_rows[1]["bytes_down"]  # first contact: full fp32 broadcast
+    # first contact: the full adapter in fp16 (about half of fp32: Flower counts a small per-array overhead)
+    assert 0.4 < rows[1]["bytes_down"] / fp32_rows[1]["bytes_down"] < 0.6
     assert all(r["bytes_down"] == r["bytes_up"] for r in rows[2:])  # then int8 deltas, as on the uplink

@@ -41,7 +41,8 @@ def roundtrip(name: str, ref: dict, new: dict, **options) -> tuple[dict, dict, d
 
 
 def test_registry_lists_the_codecs():
-    assert CODECS.names() == ["delta-fp16", "delta-int8", "delta-topk-int8", "fp16", "fp32"]
+    assert CODECS.names() == ["delta-fp16", "delta-int2", "delta-int3", "delta-int4", "delta-int8", "delta-topk-int8",
+                              "fp16", "fp32"]
     assert get_codec(DEFAULT_CODEC).lossless
     with pytest.raises(KeyError, match="fp32"):
         get_codec("gzip")
@@ -94,6 +95,47 @@ def test_delta_int8_within_half_step_per_row(pair):
         np.testing.assert_allclose(residual[k], new[k] - out[k], atol=1e-7)  # the residual is the error
 
 
+@pytest.mark.parametrize("bits", [4, 3, 2])
+def test_low_bit_within_half_step_per_slice(pair, bits):
+    ref, new = pair
+    payload, out, residual = roundtrip(f"delta-int{bits}", ref, new)
+    level = 2 ** (bits - 1) - 1
+    for k in new:
+        delta = (new[k] - ref[k]).reshape(new[k].shape[0] if new[k].ndim > 1 else 1, -1)
+        slices = delta.T if delta.shape[0] > delta.shape[1] else delta  # along the longer axis
+        assert payload[f"{k}{SEP}scale"].shape == (slices.shape[0],)
+        assert payload[f"{k}{SEP}q"].dtype == np.uint8
+        assert payload[f"{k}{SEP}q"].size == -(-new[k].size * bits // 8)  # really bits per entry
+        half_step = np.abs(slices).max(axis=1, keepdims=True) / (2 * level)
+        err = np.abs(out[k] - new[k]).reshape(delta.shape)
+        err = err.T if delta.shape[0] > delta.shape[1] else err
+        assert np.all(err <= half_step * (1 + 1e-5) + 2 * np.spacing(np.abs(new[k]).max()))
+        np.testing.assert_allclose(residual[k], new[k] - out[k], atol=1e-7)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_bit_packing_round_trips(bits):
+    from flowertune.wire import pack_bits, unpack_bits
+
+    codes = np.random.default_rng(bits).integers(0, 2**bits, size=1001).astype(np.uint8)
+    packed = pack_bits(codes, bits)
+    assert packed.size == -(-1001 * bits // 8)
+    np.testing.assert_array_equal(unpack_bits(packed, bits, 1001), codes)
+
+
+def test_low_bit_rejects_bad_payloads(pair):
+    ref, new = pair
+    codec = get_codec("delta-int3")
+    payload, _ = codec.encode(new, ref, None)
+    k = next(iter(payload)).rpartition(SEP)[0]
+    short = dict(payload, **{f"{k}{SEP}q": payload[f"{k}{SEP}q"][:-1]})
+    with pytest.raises(ValueError, match=k):
+        codec.decode(short, ref)
+    bad = dict(payload, **{f"{k}{SEP}q": np.full_like(payload[f"{k}{SEP}q"], 0xFF)})  # code 7 > 2 * 3
+    with pytest.raises(ValueError, match="outside"):
+        codec.decode(bad, ref)
+
+
 def test_delta_int8_all_zero_rows(pair):
     ref, _ = pair
     k = f"{Q}.lora_B.weight"
@@ -134,7 +176,7 @@ def test_topk_index_gaps_bridge_long_runs_of_zeros():
     assert not residual or np.abs(residual["w"]).max() <= 1 / 254
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp16", "delta-fp16", "delta-int8", "delta-topk-int8"])
+@pytest.mark.parametrize("name", ["fp32", "fp16", "delta-fp16", "delta-int8", "delta-int4", "delta-int3", "delta-topk-int8"])
 def test_unchanged_tensors_are_not_sent(pair, name):
     ref, new = pair
     same = f"{V}.lora_B.weight"
@@ -145,7 +187,7 @@ def test_unchanged_tensors_are_not_sent(pair, name):
     assert get_codec(name).encode(ref, ref, None)[0] == {}  # nothing changed: an empty payload
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp16", "delta-fp16", "delta-int8", "delta-topk-int8"])
+@pytest.mark.parametrize("name", ["fp32", "fp16", "delta-fp16", "delta-int8", "delta-int4", "delta-int3", "delta-topk-int8"])
 def test_payload_bytes_is_what_flower_counts_and_survives_an_array_record(pair, name):
     ref, new = pair
     codec = get_codec(name)
@@ -166,7 +208,7 @@ def test_compressed_payloads_are_smaller(pair):
     assert sizes["fp32"] / sizes["delta-topk-int8"] > 12
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp16", "delta-fp16", "delta-int8", "delta-topk-int8"])
+@pytest.mark.parametrize("name", ["fp32", "fp16", "delta-fp16", "delta-int8", "delta-int4", "delta-int3", "delta-topk-int8"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_input_is_rejected_naming_the_key(pair, name, bad):
     ref, new = pair
@@ -176,7 +218,7 @@ def test_non_finite_input_is_rejected_naming_the_key(pair, name, bad):
         get_codec(name).encode(new, ref, None)
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp16", "delta-fp16", "delta-int8", "delta-topk-int8"])
+@pytest.mark.parametrize("name", ["fp32", "fp16", "delta-fp16", "delta-int8", "delta-int4", "delta-int3", "delta-topk-int8"])
 def test_non_finite_payload_is_rejected_by_the_server(pair, name):
     ref, new = pair
     codec = get_codec(name)
@@ -214,7 +256,8 @@ def test_malformed_payloads_are_rejected(pair):
         codec.encode(new, None, None)
 
 
-@pytest.mark.parametrize(("name", "options"), [("delta-int8", {}), ("delta-topk-int8", {"fraction": 0.1}),
+@pytest.mark.parametrize(("name", "options"), [("delta-int8", {}), ("delta-int4", {}), ("delta-int3", {}),
+                                               ("delta-topk-int8", {"fraction": 0.1}),
                                                ("delta-topk-int8", {"fraction": 0.02})])
 def test_error_feedback_tracks_the_sum_of_updates(name, options):
     """Over many rounds the decoded updates add up to the true ones; the gap is the (bounded) residual."""
