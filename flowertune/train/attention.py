@@ -63,10 +63,9 @@ def segment_kwargs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     if "position_ids" in batch:
         return {NAME: segment_lengths(batch["position_ids"])}
     mask = batch.get("attention_mask")
-    if mask is not None:
-        # right padding: once a row's mask drops to 0 it never comes back to 1
-        if bool((mask[:, 1:] > mask[:, :-1]).any()):
-            raise ValueError(f"{NAME} attention needs right-padded (or packed) batches; got left padding. "
+    # right padding: once a row's mask drops to 0 it never comes back to 1
+    if mask is not None and bool((mask[:, 1:] > mask[:, :-1]).any()):
+        raise ValueError(f"{NAME} attention needs right-padded (or packed) batches; got left padding. "
                              "Use model.attn-implementation=sdpa for left-padded inputs.")
     return {}
 

@@ -109,7 +109,7 @@ def test_downlink_error_never_enters_the_global(name):
         chosen = [version % 3, (version + 1) % 3]
         updates = []
         for c in chosen:
-            payload, _ = down.payload_for(c, G, version)
+            down.payload_for(c, G, version)
             held = down.held_by(c)  # what the client decoded
             trained = {k: v + rng.normal(1e-4, 3e-4, size=v.shape).astype(np.float32) for k, v in held.items()}
             up, residuals[c] = codec.encode(trained, held, residuals[c])
