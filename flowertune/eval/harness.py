@@ -27,27 +27,25 @@ from flowertune.eval.benchmark import BENCHMARKS, Benchmark, Item
 log = logging.getLogger(__name__)
 
 
-class _RowStop:
-    """Stopping criterion with a verdict per row: own token budget reached or a stop string generated."""
+def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Tokens that end a generation: the model's generation-config EOS ids, the tokenizer's EOS and pad."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    return {int(i) for i in (*ids, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
 
-    def __init__(self, tokenizer: Any, prompt_len: int, budgets: Sequence[int], stop: Sequence[str]) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-        self.budgets = torch.tensor(list(budgets))
-        self.stop = tuple(stop)
-        self.done = torch.zeros(len(budgets), dtype=torch.bool)
-        self.end_ids = torch.tensor([i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None])
 
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        new = input_ids[:, self.prompt_len:].cpu()
-        self.done |= self.budgets <= new.shape[1]
-        if new.shape[1]:  # rows that ended with EOS are finished inside generate; skip decoding them
-            self.done |= torch.isin(new[:, -1], self.end_ids)
-        if self.stop:
-            for row in (~self.done).nonzero().flatten().tolist():
-                text = self.tokenizer.decode(new[row], skip_special_tokens=True)
-                self.done[row] = any(s in text for s in self.stop)
-        return self.done.to(input_ids.device)
+class RowStop:
+    """Whether a row's generation is finished: an end token, its own token budget, or a stop string."""
+
+    def __init__(self, tokenizer: Any, end_ids: set[int], stop: Sequence[str] = ()) -> None:
+        self.tokenizer, self.end_ids, self.stop = tokenizer, end_ids, tuple(stop)
+
+    def __call__(self, tokens: list[int], budget: int) -> bool:
+        if tokens and tokens[-1] in self.end_ids:
+            return True
+        if len(tokens) >= budget:
+            return True
+        return bool(self.stop) and any(s in self.tokenizer.decode(tokens, skip_special_tokens=True) for s in self.stop)
 
 
 def _render(bench: Benchmark, item: Item, tokenizer: Any) -> str:
@@ -60,7 +58,14 @@ def _render(bench: Benchmark, item: Item, tokenizer: Any) -> str:
 @torch.inference_mode()
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
                    stop: Sequence[str] = ()) -> list[str]:
-    """Greedy continuations of token-id prompts, left-padded in one batch; each row stops on its own."""
+    """Greedy continuations of token-id prompts, left-padded in one batch, with the KV cache.
+
+    Each row stops on its own (end token, own budget, stop string), and finished rows leave the batch:
+    the cache, mask and positions are cut to the rows still running, so one long answer does not make
+    the whole batch keep decoding (with ``model.generate`` every row runs until the last one ends).
+    """
+    from transformers import DynamicCache
+
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -69,22 +74,36 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], bud
     for row, ids in enumerate(prompts):
         input_ids[row, width - len(ids):] = torch.tensor(ids)
         attention[row, width - len(ids):] = 1
-    criterion = _RowStop(tokenizer, width, budgets, stop)
-    out = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention.to(device),
-        max_new_tokens=max(budgets),
-        do_sample=False,
-        num_beams=1,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-        use_cache=True,
-        pad_token_id=pad,
-        stopping_criteria=[criterion],
-    )
-    new = out[:, width:].cpu()
-    return [tokenizer.decode(new[row, :budget], skip_special_tokens=True) for row, budget in enumerate(budgets)]
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    done = RowStop(tokenizer, end_token_ids(model, tokenizer), stop)
+    tokens: list[list[int]] = [[] for _ in prompts]
+    active = [row for row, budget in enumerate(budgets) if budget > 0]
+    if active:
+        cache = DynamicCache()
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+        last = positions[:, -1]
+    while active:
+        picked = logits.argmax(-1).tolist()
+        keep = []
+        for j, row in enumerate(active):
+            tokens[row].append(picked[j])
+            if not done(tokens[row], budgets[row]):
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            attention, last = attention[index], last[index]
+        active = [active[j] for j in keep]
+        step = torch.tensor([[tokens[row][-1]] for row in active], device=device)
+        attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+        last = last + 1
+        logits = model(input_ids=step, attention_mask=attention, position_ids=last[:, None],
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+    return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
 
 
 def run_benchmark(model: Any, tokenizer: Any, bench: Benchmark, items: Sequence[Item], batch_size: int,

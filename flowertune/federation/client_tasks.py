@@ -13,6 +13,7 @@ import numpy as np
 
 from flowertune.config import Config
 from flowertune.federation import client_runtime as rt_mod
+from flowertune.memory import process_memory_mb
 from flowertune.models.adapter import adapter_config_dict, get_arrays, set_arrays
 from flowertune.train.loop import evaluate_loss, train_round
 
@@ -40,6 +41,7 @@ def train(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays, l
         "train_s": result.seconds,
         "model_loads": rt_mod.MODEL_LOADS,
         "partition-id": partition_id,
+        **process_memory_mb(),
     }
     return get_arrays(rt.model), metrics
 

@@ -53,6 +53,18 @@ def initial_adapter(grid: Grid, cfg: Config) -> tuple[ArrayRecord, dict[str, Any
     return content.array_records["arrays"], adapter_config, message_bytes(replies)
 
 
+def client_memory(replies: list[Message]) -> dict[str, float | None]:
+    """Largest current and peak RSS (and CUDA peak) over this round's client replies, in MB."""
+    out: dict[str, float | None] = {}
+    for name in ("rss_mb", "peak_rss_mb", "peak_cuda_mb"):
+        values = [float(m.content["metrics"][name]) for m in replies
+                  if not m.has_error() and "metrics" in m.content.metric_records
+                  and name in m.content["metrics"]]
+        if values or name != "peak_cuda_mb":
+            out[f"client_{name}"] = max(values) if values else None
+    return out
+
+
 def _as_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in arrays.items()}
 
@@ -113,6 +125,7 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
             "bytes_down": traffic.down, "bytes_up": traffic.up, "bytes_round": traffic.down + traffic.up,
             "bytes_cumulative": cumulative, "bytes_eval_down": traffic.eval_down,
             "client_tokens_per_s": tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
+            **client_memory(replies),
             "round_s": time.perf_counter() - t0, "wall_s": time.perf_counter() - t_start,
         }
         run_dir.log(row)

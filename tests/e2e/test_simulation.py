@@ -62,6 +62,13 @@ def test_the_base_model_stays_resident_across_rounds(sim_run):
     assert all(r["client_model_loads"] == 1.0 for r in rows)
 
 
+def test_client_memory_is_reported_per_round(sim_run):
+    out, _ = sim_run
+    rows = read_jsonl(out / "metrics.jsonl")[1:]
+    for r in rows:
+        assert 0 < r["client_rss_mb"] <= r["client_peak_rss_mb"], r
+
+
 def test_final_adapter_loads_with_peft_and_differs_from_round_1(sim_run, tiny_model_dir):
     out, _ = sim_run
     x = torch.randint(0, 300, (1, 10))

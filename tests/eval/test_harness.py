@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from flowertune.eval.harness import _RowStop, evaluate, generate_batch
+from flowertune.eval.harness import RowStop, end_token_ids, evaluate, generate_batch
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +40,27 @@ def test_left_padded_batch_matches_single_prompts(tiny_model: Any, tokenizer: An
     assert len(tokenizer(batched[1], add_special_tokens=False)["input_ids"]) <= 2  # own budget respected
 
 
-def test_row_stop_on_stop_string_and_budget(tokenizer: Any) -> None:
-    prompt = tokenizer("Answer: ")["input_ids"]
-    rows = [prompt + tokenizer(" it is positive", add_special_tokens=False)["input_ids"],
-            prompt + tokenizer(" it is negative", add_special_tokens=False)["input_ids"]]
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
-    stop = _RowStop(tokenizer, len(prompt) + width - max(len(r) for r in rows), [100, 100], ("positive",))
-    assert stop(ids, None).tolist() == [True, False]  # "negative" is not final: no stop
-    budget = _RowStop(tokenizer, len(prompt), [2, 100], ())
-    assert budget(ids, None).tolist() == [True, False]
+def test_row_stop_on_stop_string_budget_and_end_token(tokenizer: Any) -> None:
+    stop = RowStop(tokenizer, {tokenizer.eos_token_id}, ("positive",))
+    positive = tokenizer(" it is positive", add_special_tokens=False)["input_ids"]
+    negative = tokenizer(" it is negative", add_special_tokens=False)["input_ids"]
+    assert stop(positive, 100) and not stop(negative, 100)  # "negative" is not final: no stop
+    assert stop(negative[:2], 2) and not stop(negative[:2], 3)  # own budget
+    assert stop(negative + [tokenizer.eos_token_id], 100)
+
+
+def test_matches_model_generate_row_by_row(tiny_model: Any, tokenizer: Any) -> None:
+    """Dropping finished rows from the batch changes nothing: each row equals greedy generate alone."""
+    texts = ("short", "a much longer prompt than the first one", "mid one", "x")
+    prompts = [tokenizer(t)["input_ids"] for t in texts]
+    budgets = [12, 3, 7, 1]
+    batched = generate_batch(tiny_model, tokenizer, prompts, budgets)
+    for p, b, got in zip(prompts, budgets, batched):
+        out = tiny_model.generate(input_ids=torch.tensor([p]), max_new_tokens=b, do_sample=False,
+                                  eos_token_id=sorted(end_token_ids(tiny_model, tokenizer)),
+                                  pad_token_id=tokenizer.pad_token_id)
+        assert got == tokenizer.decode(out[0, len(p):], skip_special_tokens=True)
+    assert all(len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= b for t, b in zip(batched, budgets))
 
 
 def test_evaluate_writes_results_in_protocol_order(tiny_model: Any, tokenizer: Any, fixture_dir: Path,
