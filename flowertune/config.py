@@ -104,7 +104,8 @@ class RunConfig:
     num_supernodes: int = key("num-supernodes", 4, "SuperNodes the preset expects (simulation size)")
     output_dir: str = key("run.output-dir", "", "absolute run directory ('' = ~/flowertune-runs/<time>-<preset>)")
     wire_codec: str = key("wire.codec", "fp32",
-                          "adapter encoding on the wire: fp32 (lossless) | fp16 | delta-fp16 | delta-int8 | delta-topk-int8")
+                          "adapter encoding on the wire: fp32 (lossless) | fp16 | delta-fp16 | delta-int8 | delta-int4 | "
+                          "delta-int3 | delta-int2 | delta-topk-int8")
     wire_topk_fraction: float = key("wire.topk-fraction", 0.1, "share of entries delta-topk-int8 sends per tensor")
     client_worker: str = key("run.client-worker", "auto",
                              "keep the model in a resident per-node worker: auto (when Flower runs each message "
