@@ -21,9 +21,8 @@ def test_quickstart_lowers_the_held_out_loss(tmp_path):
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert rows[3]["eval_loss"] < rows[0]["eval_loss"], [r["eval_loss"] for r in rows]
     assert all(r["clients"] == 2 for r in rows[1:])
-    # the model stays resident: no memory growth from round to round (allocator noise allowed)
-    rss = [r["client_rss_mb"] for r in rows[1:]]
-    assert rss[-1] <= 1.05 * rss[0] + 50, rss
+    rss = [round(r["client_rss_mb"]) for r in rows[1:]]  # reported (no-leak check: test_resident_memory)
+    assert all(r["client_peak_rss_mb"] >= r["client_rss_mb"] > 0 for r in rows[1:])
     summary = json.loads((out / "summary.json").read_text())
     print(f"\nquickstart: eval loss {rows[0]['eval_loss']:.4f} -> {rows[3]['eval_loss']:.4f}, "
           f"{summary['comm_cost_mb']:.2f} MB, {summary['wall_s']:.0f} s, client RSS per round {rss} MB")
