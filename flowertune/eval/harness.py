@@ -84,6 +84,10 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], bud
         logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                        past_key_values=cache, use_cache=True).logits[:, -1]
         last = positions[:, -1]
+        if len(active) < len(prompts):  # rows with a zero budget generate nothing
+            index = torch.tensor(active, device=device)
+            cache.batch_select_indices(index)
+            logits, attention, last = logits[index], attention[index], last[index]
     while active:
         picked = logits.argmax(-1).tolist()
         keep = []

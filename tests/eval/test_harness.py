@@ -61,6 +61,9 @@ def test_matches_model_generate_row_by_row(tiny_model: Any, tokenizer: Any) -> N
                                   pad_token_id=tokenizer.pad_token_id)
         assert got == tokenizer.decode(out[0, len(p):], skip_special_tokens=True)
     assert all(len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= b for t, b in zip(batched, budgets))
+    # a zero budget generates nothing and does not shift the other rows
+    assert generate_batch(tiny_model, tokenizer, [prompts[0], prompts[1], prompts[2]], [12, 0, 7]) == [
+        batched[0], "", batched[2]]
 
 
 def test_evaluate_writes_results_in_protocol_order(tiny_model: Any, tokenizer: Any, fixture_dir: Path,
