@@ -1,15 +1,16 @@
 """Bytes on the wire per round for each wire codec, on a real LoRA adapter trained for a few rounds.
 
 A random-init Llama shaped like SmolLM2-135M (hidden 576, 30 layers, 9 heads, 3 kv heads, head_dim 64)
-gets a PEFT LoRA adapter (r=32 on q_proj,v_proj). Two clients, each with its own synthetic token stream,
-train it for a few AdamW steps per round; the server averages in fp32. Every codec runs the same
-federation from the same start through the ``flowertune.wire`` functions exactly as the apps use them:
-``encode_broadcast`` / ``payload_for`` / ``decode_broadcast`` down, ``encode`` with the client's
-residual up, ``decode`` against the server's fp32 global. Bytes are ``payload_bytes`` (=
+gets a PEFT LoRA adapter (r=32 on q_proj,v_proj). ``--per-round`` of ``--nodes`` nodes (seeded sampling),
+each with a synthetic token stream, train it for a few AdamW steps per round; the server averages in fp32.
+Every codec runs the same federation from the same start through the ``flowertune.wire`` functions
+exactly as the apps use them: ``Downlink.payload_for`` / ``decode_broadcast`` down (a delta from the
+node's own copy, full fp16/fp32 on first contact), ``encode`` with the client's residual up, ``decode`` against the server's fp32 global. Bytes are ``payload_bytes`` (=
 ``ArrayRecord.count_bytes()``), counted per destination node down and per client up.
 
-Columns: steady-state bytes per round (rounds >= 2, 2 clients, down + up) and its ratio to fp32; the
-first round (full broadcast, first contact); the uplink reconstruction error of one round's client
+Columns: bytes per round over rounds >= 2 (sampled clients, down + up) and its ratio to fp32; the first
+round (full downlinks, first contact); mean delta-downlink and uplink message sizes; the amortized ratio
+projected for ``--project`` (default 20 nodes, 2 per round, 200 rounds); the uplink reconstruction error of one round's client
 *update* (max/mean absolute, relative L2; error feedback sends the rest in later rounds); the drift of
 the final global adapter from the fp32 run's, relative to how far the fp32 run moved it; its held-out loss.
 
