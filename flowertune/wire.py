@@ -319,12 +319,12 @@ class DeltaLowBit(DeltaCodec):
 
     def pack(self, key: str, update: np.ndarray) -> tuple[Arrays, np.ndarray | None]:
         level = 2 ** (self.bits - 1) - 1
-        view, _ = _slices(update)
+        view, transposed = _slices(update)
         scale = (np.abs(view).max(axis=1) / level).astype(_F32)
         safe = np.where(scale > 0, scale, 1).astype(_F32)[:, None]
         q = np.clip(np.rint(view / safe), -level, level)
         error = view - q.astype(_F32) * scale[:, None]
-        error = error.T if _slices(update)[1] else error
+        error = error.T if transposed else error
         return ({"q": pack_bits((q + level).astype(np.uint8), self.bits), "scale": scale},
                 error.reshape(update.shape))
 
