@@ -6,14 +6,17 @@ strategies driven without Flower's runtime (``configure_train`` -> client -> ``a
 
 (a) template-style, as Flower's official FlowerTune apps do it: per client and round, load the base model
     in fp32 from its safetensors directory, wrap it in PEFT (with gradient checkpointing, as the template),
-    tokenize the partition again padded to ``seq`` (``padding="max_length"``), full-logits fp32 loss, a
-    trainer-style checkpoint (``save_pretrained`` + ``torch.save`` of the optimizer state), fp32 arrays on
-    the wire; server: Flower's FedAvg, then load the base model and ``save_pretrained`` the adapter.
+    tokenize the partition again, pad each batch to its longest example (as the template's collator),
+    full-logits fp32 loss, a trainer-style checkpoint (``save_pretrained`` + ``torch.save`` of the optimizer
+    state), fp32 arrays on the wire; server: Flower's FedAvg, then load the base model and
+    ``save_pretrained`` the adapter. Not reproduced: 4-bit re-quantization at each load (bitsandbytes needs
+    CUDA), which only adds to (a)'s per-round cost.
 (b) flowertune: the resident model (loaded before timing, as our workers keep it) prepared with the fast
-    defaults (``train.precision.prepare_for_training``), ``client_tasks.train`` (packed batches, target-only
-    loss), our strategy mixin, ``RunDir.checkpoint`` from the arrays, wire codec fp32 and delta-int8.
+    defaults (``train.precision.prepare_for_training``), ``client_tasks.train`` (each micro-batch packed into
+    one row with segment attention, target-only loss), our strategy mixin, ``RunDir.checkpoint`` from the
+    arrays; one federation per wire codec of ``--codecs`` (default fp32, the lossless default, and delta-int3).
 
-Rounds are interleaved (a, b-fp32, b-int8, ..., a) so background load hits both alike. Bytes are
+Rounds are interleaved (a, b-fp32, b-delta-int3, ..., a) so background load hits both alike. Bytes are
 ``ArrayRecord.count_bytes()`` of the actual messages (2 clients, down + up). Peak RSS is sampled per phase.
 Tokens/s counts real (non-padding) tokens over the local training loop only.
 
@@ -52,7 +55,7 @@ from flowertune.federation.strategies import make_strategy, message_bytes
 from flowertune.models.adapter import adapter_config_dict
 from flowertune.models.source import local_path
 from flowertune.train.batching import IGNORE, collate
-from flowertune.train.loop import batch_order
+from flowertune.train.loop import batch_order, pack_length_for
 from flowertune.train.precision import prepare_for_training
 from flowertune.wire import from_array_record, to_array_record
 
@@ -124,26 +127,33 @@ def flowertune_config(model: str, s: Setting, out: Path) -> Config:
 
 # ---------------------------------------------------------------- (a) the FlowerTune template's way
 
-def template_tokenize(cfg: Config, tok: Any, partition_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The partition tokenized as the template does each round: every row padded to ``seq`` tokens."""
+def template_tokenize(cfg: Config, tok: Any, partition_id: int) -> list[tuple[list[int], list[int]]]:
+    """The partition tokenized as the template does each round: ``(input_ids, labels)`` per example, truncated
+    to ``seq`` and not padded (TRL's ``SFTTrainer`` tokenizes with ``padding=False``; the collator pads)."""
     part = load_partition(cfg.data, partition_id, CLIENTS)
     rows, _ = split_validation(part, cfg.data)
     fmt = FORMATS.get(cfg.data.format)
     eot = tok.decode(end_of_turn_ids(tok))
-    prompts, texts = [], []
+    out = []
     for row in rows:
         instruction, response = fmt(row, cfg.data)
         prompt = render_prompt(tok, instruction)
-        prompts.append(prompt)
-        texts.append(prompt + response + eot)
-    enc = tok(texts, padding="max_length", max_length=cfg.train.seq_length, truncation=True,
-              add_special_tokens=False, return_tensors="pt")
-    prompt_len = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
-    labels = enc["input_ids"].clone()
-    for i, n in enumerate(prompt_len):
-        labels[i, :n] = IGNORE  # completion-only, as the template's collator
-    labels[enc["attention_mask"] == 0] = IGNORE
-    return enc["input_ids"], enc["attention_mask"], labels
+        ids = tok(prompt + response + eot, add_special_tokens=False, truncation=True,
+                  max_length=cfg.train.seq_length)["input_ids"]
+        n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        out.append((ids, [IGNORE] * min(n, len(ids)) + ids[n:]))  # completion-only, as the template's collator
+    return out
+
+
+def template_collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """The template collator's batch: right-padded to the longest example of the batch."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, :len(x)], labels[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def template_model(model_dir: str, cfg: Config) -> Any:
@@ -165,20 +175,22 @@ def template_client(model_dir: str, cfg: Config, tok: Any, partition_id: int, ms
     model = template_model(model_dir, cfg)
     arrays = from_array_record(msg.content["arrays"])
     set_peft_model_state_dict(model, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
-    ids, mask, labels = template_tokenize(cfg, tok, partition_id)
+    examples = template_tokenize(cfg, tok, partition_id)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(msg.content["config"]["lr"]))
-    order = batch_order(len(ids), cfg.train.batch_size, steps, cfg.train.seed + 7919 * partition_id)
+    order = batch_order(len(examples), cfg.train.batch_size, steps, cfg.train.seed + 7919 * partition_id)
     model.train()
     t0 = time.perf_counter()
     for idx in order:
-        out = model(input_ids=ids[idx], attention_mask=mask[idx], labels=labels[idx])
+        batch = template_collate([examples[i] for i in idx], pad_id)
+        out = model(**batch)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        acc["real"] += int(mask[idx].sum())
-        acc["processed"] += ids[idx].numel()
+        acc["real"] += int(batch["attention_mask"].sum())
+        acc["processed"] += batch["input_ids"].numel()
     acc["train_s"] += time.perf_counter() - t0
     ckpt = Path(tempfile.mkdtemp(prefix=f"client{partition_id}-", dir=ckpt_root))
     model.save_pretrained(ckpt)
@@ -186,7 +198,7 @@ def template_client(model_dir: str, cfg: Config, tok: Any, partition_id: int, ms
     new = {k: v.detach().float().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
     del model, optimizer
     gc.collect()
-    metrics = MetricRecord({"num-examples": len(ids), "train_loss": float(out.loss)})
+    metrics = MetricRecord({"num-examples": len(examples), "train_loss": float(out.loss)})
     return Message(RecordDict({"arrays": to_array_record(new), "metrics": metrics}), reply_to=msg)
 
 
@@ -227,7 +239,8 @@ def processed_tokens(cfg: Config, partition_id: int, server_round: int) -> int:
     data = client_runtime.client_data(cfg, rt, partition_id, CLIENTS).train
     seed = cfg.train.seed + (server_round if cfg.train.dynamic_data_seed else 0) + 7919 * partition_id
     order = batch_order(len(data), cfg.train.batch_size, cfg.train.max_steps * cfg.train.grad_accum, seed)
-    return sum(collate([data[i] for i in idx], rt.pad_id)["input_ids"].numel() for idx in order)
+    pack = pack_length_for(rt.model)
+    return sum(collate([data[i] for i in idx], rt.pad_id, pack_length=pack)["input_ids"].numel() for idx in order)
 
 
 def flowertune_round(cfg: Config, state: dict[str, Any], rnd: int, rss: RssSampler) -> RoundStats:
@@ -265,8 +278,9 @@ def mean(xs: list[float]) -> float:
 
 
 def report(stats: list[RoundStats], s: Setting, steps_a: int) -> None:
-    by = {v: [x for x in stats if x.variant == v] for v in ("a", "b-fp32", "b-int8")}
-    labels = {"a": "(a) template-style", "b-fp32": "(b) flowertune, fp32 wire", "b-int8": "(b) flowertune, delta-int8"}
+    variants = list(dict.fromkeys(x.variant for x in stats if x.variant != "a"))
+    by = {v: [x for x in stats if x.variant == v] for v in ["a", *variants]}
+    labels = {"a": "(a) template-style", **{v: f"(b) flowertune, {v[2:]}" for v in variants}}
     print(f"\nOne federated round: {CLIENTS} clients x {s.steps} steps, batch {s.batch}, seq {s.seq}, "
           f"LoRA r={s.r} alpha={s.alpha} q_proj,v_proj; torch threads {torch.get_num_threads()}")
     head = (f"{'variant':<28}{'rnd':>4}{'steps':>6}{'round s':>9}{'train s':>9}{'real tok/s':>11}{'pad %':>7}"
@@ -289,7 +303,7 @@ def report(stats: list[RoundStats], s: Setting, steps_a: int) -> None:
     if steps_a != s.steps:
         print(f"(a) trained {steps_a} steps/client; its round time at {s.steps} steps is projected as measured "
               f"fixed costs + training time x {s.steps}/{steps_a}: {a_round:.1f} s")
-    for v in ("b-fp32", "b-int8"):
+    for v in variants:
         b = by[v]
         b_round = mean([x.wall_s for x in b])
         b_tps = sum(x.real_tokens for x in b) / sum(x.train_s for x in b)
@@ -307,6 +321,7 @@ def main() -> None:
     ap.add_argument("--template-steps", type=int, default=None, help="local steps of (a) (default: --steps)")
     ap.add_argument("--rounds-a", type=int, default=None, help="rounds of (a) (default 2; quick 1)")
     ap.add_argument("--rounds-b", type=int, default=3, help="rounds of (b) per codec")
+    ap.add_argument("--codecs", default="fp32,delta-int3", help="wire codecs of (b), one federation each")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -330,7 +345,8 @@ def main() -> None:
         adapter_config = adapter_config_dict(rt.model)
         processed = {pid: processed_tokens(cfg, pid, 1) for pid in range(CLIENTS)}  # same order every round
         states = {}
-        for name, codec in (("b-fp32", "fp32"), ("b-int8", "delta-int8")):
+        for codec in args.codecs.split(","):
+            name = f"b-{codec}"
             vcfg = flowertune_config(model_name, s, work / "runs" / name)
             states[name] = {"name": name, "strategy": make_strategy(vcfg.strategy, codec), "arrays": to_array_record(init),
                             "contexts": {n: Context(1, n, {}, RecordDict(), {}) for n in (1, 2)},
