@@ -277,7 +277,7 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def report(stats: list[RoundStats], s: Setting, steps_a: int) -> None:
+def report(stats: list[RoundStats], s: Setting, steps_a: int, matmul: tuple[float, float] | None) -> None:
     variants = list(dict.fromkeys(x.variant for x in stats if x.variant != "a"))
     by = {v: [x for x in stats if x.variant == v] for v in ["a", *variants]}
     labels = {"a": "(a) template-style", **{v: f"(b) flowertune, {v[2:]}" for v in variants}}
@@ -312,6 +312,12 @@ def report(stats: list[RoundStats], s: Setting, steps_a: int) -> None:
               f"(target >= 5x); real tokens/s {b_tps / a_tps:.1f}x; bytes/round (steady) {a[0].bytes / mean(steady):.1f}x "
               f"fewer; server {100 * mean([x.server_s / x.wall_s for x in b]):.2f}% of the round (target < 5%); "
               f"RSS after rounds {[round(x.rss_after / MB) for x in b]} MB; model loads {b[-1].extra['model_loads']}")
+        if matmul:
+            # (b)'s round if its training ran at the machine's matmul rate and nothing else cost time
+            gflops, flops_token = matmul
+            bound = mean([x.fixed_s + x.real_tokens * flops_token / (gflops * 1e9) for x in b])
+            print(f"{'':<28} matmul-only bound on this machine ({gflops:.0f} GFLOP/s bf16, {flops_token / 1e6:.0f} "
+                  f"MFLOP/token): round >= {bound:.1f} s, i.e. at most {a_round / bound:.1f}x faster than (a)")
 
 
 def main() -> None:
@@ -373,7 +379,14 @@ def main() -> None:
                 print(f"  {name} round {rnd}: {st.wall_s:.1f} s", flush=True)
         while a_rounds_done < rounds_a:
             run_a()
-    report(stats, s, steps_a)
+    matmul = None
+    if not args.quick:
+        from train_speed import flops_per_token, gemm_rate
+
+        data = [e for pid in range(CLIENTS) for e in client_runtime.client_data(cfg, rt, pid, CLIENTS).train]
+        share = sum(sum(1 for y in e.labels if y != IGNORE) for e in data) / sum(len(e.input_ids) for e in data)
+        matmul = (gemm_rate("bfloat16"), flops_per_token(share))
+    report(stats, s, steps_a, matmul)
 
 
 if __name__ == "__main__":

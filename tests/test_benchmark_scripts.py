@@ -1,5 +1,6 @@
 """Every benchmarks/ script still runs (its --quick mode): the scripts never rot."""
 
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if not p.nam
 
 
 def test_there_are_benchmark_scripts():
-    assert {"train_speed.py", "wire_bytes.py", "eval_speed.py"} <= set(SCRIPTS)
+    assert {"train_speed.py", "round_speed.py", "wire_bytes.py", "wire_quality.py", "eval_speed.py", "gpu_train.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.slow
@@ -21,3 +22,11 @@ def test_quick_mode_runs(script):
                           text=True, timeout=900, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert len(proc.stdout.strip().splitlines()) >= 3, proc.stdout  # printed its table
+
+
+def test_gpu_benchmark_without_cuda_says_so():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible, whatever the machine has
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_train.py")], capture_output=True,
+                          text=True, timeout=300, cwd=REPO, check=False, env=env)
+    assert proc.returncode != 0
+    assert "needs a CUDA GPU" in proc.stderr and "--quick" in proc.stderr, proc.stderr[-2000:]
