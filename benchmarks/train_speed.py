@@ -40,7 +40,6 @@ class Lever:
     attn: str = "sdpa"
     compile: bool = False
     pack_length: int | None = 512  # None: the whole batch in one row
-    slack: float | None = None  # segment attention grouping (None: the library default)
     large: bool = False  # also measured at batch 16 x 512
 
 
@@ -57,8 +56,6 @@ LEVERS = [
     # compiled with the masked kernel: the segment list is Python data, so dynamo would recompile per batch
     Lever("bf16 + target-only + packed 512 rows + torch.compile", dtype="bfloat16", mode="pack", fused=True,
           compile=True),
-    Lever("default, similar lengths grouped (slack 1.5)", dtype="bfloat16", mode="pack", fused=True,
-          attn="segments", pack_length=None, slack=1.5),
 ]
 QUICK = [LEVERS[0], LEVERS[5]]
 DEFAULT = 5
@@ -113,18 +110,12 @@ def train_step(lever: Lever, model, params, opt, batch) -> float:
     """One optimizer step on ``batch``; returns the mean loss."""
     import torch
 
-    from flowertune.train import attention
     from flowertune.train.loss import causal_lm_loss
 
-    default_slack = attention.SLACK
-    attention.SLACK = default_slack if lever.slack is None else lever.slack
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever.autocast):
-            loss_sum, n = causal_lm_loss(model, batch, fused=lever.fused)
-        loss = loss_sum / max(n, 1)
-        loss.backward()
-    finally:
-        attention.SLACK = default_slack
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever.autocast):
+        loss_sum, n = causal_lm_loss(model, batch, fused=lever.fused)
+    loss = loss_sum / max(n, 1)
+    loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)

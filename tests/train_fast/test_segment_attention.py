@@ -5,15 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowertune.train.attention import (
-    NAME,
-    group_segments,
-    register,
-    segment_kwargs,
-    segment_lengths,
-    segment_plan,
-    uses_segments,
-)
+from flowertune.train.attention import NAME, register, segment_kwargs, segment_lengths, uses_segments
 from flowertune.train.batching import collate
 from flowertune.train.loop import pack_length_for
 from flowertune.train.loss import causal_lm_loss
@@ -32,38 +24,6 @@ def grads_of(model, batch):
 def test_segment_lengths_from_restarting_positions():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]])
     assert segment_lengths(pos) == [[3, 2, 4], [6, 3]]
-
-
-@pytest.mark.parametrize("slack", [1.0, 1.5, 100.0])
-def test_groups_cover_every_segment_within_the_padding_bound(slack):
-    sizes = [65, 3, 70, 512, 64, 1, 300, 66, 71]
-    groups = group_segments(sizes, slack)
-    assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
-    for g in groups:
-        longest = max(sizes[i] for i in g)
-        assert sizes[g[0]] == longest
-        assert len(g) * longest**2 <= slack * sum(sizes[i] ** 2 for i in g) + 1e-9
-    if slack == 100.0:
-        assert len(groups) < len(sizes)  # similar lengths share one call
-
-
-def test_plan_gathers_and_scatters_back_every_token():
-    lengths = [[3, 2, 4], [6, 3]]
-    plan = segment_plan(lengths, 9, slack=2.0)
-    assert plan.tokens == 18
-    assert plan.groups[0][2] == 6  # the longest segment leads the first group and sets its block width
-    flat = torch.cat([index for index, _, _ in plan.groups])
-    # every token is read back from a block position that holds that token
-    assert torch.equal(flat[plan.back], torch.arange(18))
-    seen = []
-    for index, count, block in plan.groups:  # a block row: its segment's tokens, then its last token repeated
-        for r in index.view(count, block).tolist():
-            n = len(set(r))
-            assert r[:n] == list(range(r[0], r[0] + n)) and set(r[n:]) <= {r[n - 1]}
-            seen.append(n)
-    assert sorted(seen) == sorted(n for row in lengths for n in row)
-    with pytest.raises(ValueError, match="cover 8 tokens"):
-        segment_plan([[3, 5]], 9)
 
 
 def test_prepare_switches_to_segments_by_default(tiny_llama):
