@@ -195,8 +195,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-train-") as tmp:
         if args.quick:
             args.model, args.steps, args.warmup, args.batch, args.seq = tiny_model_dir(Path(tmp)), 2, 1, 4, 256
-            variants = [Variant(v.name.replace("4-bit", "no 4-bit (--quick)"), v.template, 0, v.attn, v.dtype)
-                        for v in variants]
+            variants = [Variant(v.name + " [quick: not quantized]" if v.quantization else v.name, v.template, 0,
+                                v.attn, v.dtype) for v in variants]
         path = local_path(args.model)
         examples, pad_id = examples_for(config(path, variants[-1], args.batch, args.seq, args.steps))
         rows = []
@@ -208,12 +208,13 @@ def main() -> None:
     print(f"\nLoRA r=32 q/v training of {args.model} on {device}: batch {args.batch}, seq {args.seq}, "
           f"{args.steps} timed steps after {args.warmup} warm-up, medical sample ({len(examples)} examples)")
     mem = "peak CUDA MB" if cuda else "peak RSS MB"
-    head = f"{'configuration':<72}{'real tok/s':>11}{'vs (t)':>8}{mem:>14}{'load s':>8}{'mean loss':>10}"
+    width = max(len(v.name) for v, _ in rows) + 2
+    head = f"{'configuration':<{width}}{'real tok/s':>11}{'vs (t)':>8}{mem:>14}{'load s':>8}{'mean loss':>10}"
     print(head)
     print("-" * len(head))
     base = next((r["tok_s"] for v, r in rows if v.template), rows[0][1]["tok_s"])
     for v, r in rows:
-        print(f"{v.name:<72}{r['tok_s']:>11.0f}{r['tok_s'] / base:>7.2f}x{r['peak_mb']:>14.0f}{r['load_s']:>8.1f}"
+        print(f"{v.name:<{width}}{r['tok_s']:>11.0f}{r['tok_s'] / base:>7.2f}x{r['peak_mb']:>14.0f}{r['load_s']:>8.1f}"
               f"{r['loss']:>10.4f}")
 
 
