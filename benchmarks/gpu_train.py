@@ -168,6 +168,7 @@ def measure(v: Variant, model_path: str, args: argparse.Namespace, examples: lis
         result = train_round(model, examples, cfg.train, LR, pad_id, seed=0)
         loss, real, seconds = result.loss, result.real_tokens, result.seconds
         client_runtime._RUNTIMES.clear()
+        del rt  # the model is freed below, before the next configuration loads
     peak = peak_mb()
     del model
     gc.collect()
