@@ -82,7 +82,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], bud
     if active:
         cache = DynamicCache()
         logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+                       cache=cache, use_cache=True).logits[:, -1]
         last = positions[:, -1]
         if len(active) < len(prompts):  # rows with a zero budget generate nothing
             index = torch.tensor(active, device=device)
@@ -106,7 +106,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], bud
         attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
         last = last + 1
         logits = model(input_ids=step, attention_mask=attention, position_ids=last[:, None],
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+                       cache=cache, use_cache=True).logits[:, -1]
     return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
 
 

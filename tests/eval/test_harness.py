@@ -66,6 +66,22 @@ def test_matches_model_generate_row_by_row(tiny_model: Any, tokenizer: Any) -> N
         batched[0], "", batched[2]]
 
 
+def test_peft_adapter_model_matches_its_merged_weights(tiny_model: Any, tokenizer: Any) -> None:
+    """Through a PEFT wrapper (how an adapter is evaluated) the KV-cache decoder uses the adapter."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    peft_model = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(
+        r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    prompts = [tokenizer(t)["input_ids"] for t in ("short", "a much longer prompt than the first one")]
+    got = generate_batch(peft_model, tokenizer, prompts, [8, 8])
+    merged = peft_model.merge_and_unload()
+    assert got == generate_batch(merged, tokenizer, prompts, [8, 8])
+    assert got != generate_batch(tiny_model, tokenizer, prompts, [8, 8])  # the adapter changed the output
+
+
 def test_evaluate_writes_results_in_protocol_order(tiny_model: Any, tokenizer: Any, fixture_dir: Path,
                                                    small_mmlu: None, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
