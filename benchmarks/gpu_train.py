@@ -34,7 +34,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from _common import tiny_model_dir  # benchmarks/ is the script's own directory
+from _common import template_model, tiny_model_dir  # benchmarks/ is the script's own directory
 
 from flowertune.config import Config, from_flat
 from flowertune.data.load import load_partition, split_validation
@@ -86,25 +86,6 @@ def examples_for(cfg: Config) -> tuple[list, int]:
     return client_runtime.tokenize_rows(rows, cfg, rt), tok.pad_token_id
 
 
-def template_model(path: str, quantize: bool) -> Any:
-    """The template's model: bnb-default 4-bit load, kbit preparation with gradient checkpointing, LoRA."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if quantize else torch.float32}
-    if quantize:
-        kwargs.update(quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map={"": 0})
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if quantize:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
-                      task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
-
-
 def template_train(model: Any, examples: list, batches: list[list[int]], pad_id: int) -> tuple[float, int, float]:
     """The template's steps (AdamW, clip 1.0); returns (mean loss, real tokens, seconds)."""
     device = next(model.parameters()).device
@@ -152,7 +133,7 @@ def measure(v: Variant, model_path: str, args: argparse.Namespace, examples: lis
     timed = batch_order(len(examples), args.batch, args.steps, seed=0)
     t_load = time.perf_counter()
     if v.template:
-        model = template_model(model_path, quantize=v.quantization > 0)
+        model = template_model(model_path, 32, 64, 0.05, quantize=v.quantization > 0)
         load_s = time.perf_counter() - t_load
         if warm:
             template_train(model, examples, warm, pad_id)

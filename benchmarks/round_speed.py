@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
-from _common import FakeGrid, tiny_model_dir  # benchmarks/ is the script's own directory
+from _common import FakeGrid, template_model, tiny_model_dir  # benchmarks/ is the script's own directory
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
@@ -54,9 +54,8 @@ from flowertune.federation.rundir import RunDir
 from flowertune.federation.strategies import make_strategy, message_bytes
 from flowertune.models.adapter import adapter_config_dict
 from flowertune.models.source import local_path
-from flowertune.train.batching import IGNORE, collate
+from flowertune.train.batching import IGNORE, Example, collate
 from flowertune.train.loop import batch_order, pack_length_for
-from flowertune.train.precision import prepare_for_training
 from flowertune.wire import from_array_record, to_array_record
 
 CLIENTS = 2
@@ -127,9 +126,9 @@ def flowertune_config(model: str, s: Setting, out: Path) -> Config:
 
 # ---------------------------------------------------------------- (a) the FlowerTune template's way
 
-def template_tokenize(cfg: Config, tok: Any, partition_id: int) -> list[tuple[list[int], list[int]]]:
-    """The partition tokenized as the template does each round: ``(input_ids, labels)`` per example, truncated
-    to ``seq`` and not padded (TRL's ``SFTTrainer`` tokenizes with ``padding=False``; the collator pads)."""
+def template_tokenize(cfg: Config, tok: Any, partition_id: int) -> list[Example]:
+    """The partition tokenized as the template does each round: truncated to ``seq`` and not padded (TRL's
+    ``SFTTrainer`` tokenizes with ``padding=False``; its collator pads each batch to its longest example)."""
     part = load_partition(cfg.data, partition_id, CLIENTS)
     rows, _ = split_validation(part, cfg.data)
     fmt = FORMATS.get(cfg.data.format)
@@ -141,38 +140,15 @@ def template_tokenize(cfg: Config, tok: Any, partition_id: int) -> list[tuple[li
         ids = tok(prompt + response + eot, add_special_tokens=False, truncation=True,
                   max_length=cfg.train.seq_length)["input_ids"]
         n = len(tok(prompt, add_special_tokens=False)["input_ids"])
-        out.append((ids, [IGNORE] * min(n, len(ids)) + ids[n:]))  # completion-only, as the template's collator
+        out.append(Example(ids, [IGNORE] * min(n, len(ids)) + ids[n:]))  # completion-only, as the template
     return out
-
-
-def template_collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """The template collator's batch: right-padded to the longest example of the batch."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (x, y) in enumerate(examples):
-        ids[i, :len(x)], labels[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def template_model(model_dir: str, cfg: Config) -> Any:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    base.config.use_cache = False
-    lora = LoraConfig(r=cfg.adapter.r, lora_alpha=cfg.adapter.alpha, lora_dropout=cfg.adapter.dropout,
-                      target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    return get_peft_model(base, lora)
 
 
 def template_client(model_dir: str, cfg: Config, tok: Any, partition_id: int, msg: Message, steps: int,
                     ckpt_root: Path, acc: dict[str, float]) -> Message:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    model = template_model(model_dir, cfg)
+    model = template_model(model_dir, cfg.adapter.r, cfg.adapter.alpha, cfg.adapter.dropout)
     arrays = from_array_record(msg.content["arrays"])
     set_peft_model_state_dict(model, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
     examples = template_tokenize(cfg, tok, partition_id)
@@ -183,7 +159,7 @@ def template_client(model_dir: str, cfg: Config, tok: Any, partition_id: int, ms
     model.train()
     t0 = time.perf_counter()
     for idx in order:
-        batch = template_collate([examples[i] for i in idx], pad_id)
+        batch = collate([examples[i] for i in idx], pad_id, mode="pad")  # padded to the batch's longest
         out = model(**batch)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -206,7 +182,7 @@ def template_server_save(model_dir: str, cfg: Config, arrays: dict[str, np.ndarr
     """The template's evaluate_fn: load the base model, set the global adapter, ``save_pretrained``."""
     from peft import set_peft_model_state_dict
 
-    model = template_model(model_dir, cfg)
+    model = template_model(model_dir, cfg.adapter.r, cfg.adapter.alpha, cfg.adapter.dropout)
     set_peft_model_state_dict(model, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
     model.save_pretrained(out)
     del model
@@ -343,8 +319,7 @@ def main() -> None:
         model_name = model_dir if args.quick else "embedded"
         cfg = flowertune_config(model_name, s, work / "runs" / "b")
         # the resident model is loaded (and its data tokenized) before timing, as a worker holds them
-        rt = client_runtime.runtime(cfg)
-        prepare_for_training(rt.model)
+        rt = client_runtime.runtime(cfg)  # loads and prepares the model (train.precision.prepare_for_training)
         for pid in range(CLIENTS):
             client_runtime.client_data(cfg, rt, pid, CLIENTS)
         init, _ = client_tasks.initial_adapter(cfg)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -138,19 +137,9 @@ def memory_one(lever: Lever, batch_size: int, max_len: int) -> dict:
     examples = make_examples(tok, batch_size, max_len)
     model, params, opt = build(lever, tok)
     loss = train_step(lever, model, params, opt, batches_for(lever, examples, batch_size, tok.pad_token_id)[0])
-    return {"first_loss": loss, "peak_rss_mb": peak_rss_mb()}
+    from flowertune.memory import process_memory_mb
 
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM, since ru_maxrss keeps the parent's peak across fork + exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"first_loss": loss, "peak_rss_mb": process_memory_mb()["peak_rss_mb"]}
 
 
 def speed_all(levers: list[Lever], batch_size: int, max_len: int, steps: int,
