@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowertune.train.batching import IGNORE, Example
+from flowertune.data.example import IGNORE, Example
 
 ALPACA_HEADER = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."

@@ -16,7 +16,7 @@ from flowertune.data.load import load_partition, split_validation
 from flowertune.data.tokenize import build_example, end_of_turn_ids
 from flowertune.models.adapter import attach_adapter
 from flowertune.models.load import load_model, load_tokenizer
-from flowertune.train.batching import IGNORE, Example
+from flowertune.data.example import IGNORE, Example
 from flowertune.train.precision import prepare_for_training
 
 log = logging.getLogger(__name__)

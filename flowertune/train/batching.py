@@ -16,26 +16,17 @@ Two layouts, both consumed by :func:`flowertune.train.loss.causal_lm_loss`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-IGNORE = -100
+from flowertune.data.example import IGNORE, Example
 
 PACK_LENGTH = 512
 """Row capacity of packed batches (tokens) for masked attention kernels (sdpa, eager). Attention with a
 packed (block-diagonal) mask costs row_length² per row whatever the segments, so rows are bounded there.
 The segment attention (:mod:`flowertune.train.attention`, the training default) costs Σ segment², so the
 training loop packs a whole micro-batch into one row (``pack_length=None``): no padding at all."""
-
-
-@dataclass(frozen=True)
-class Example:
-    """One tokenized example; ``labels`` is ``IGNORE`` on prompt tokens, token ids on the response."""
-
-    input_ids: list[int]
-    labels: list[int]
 
 
 def collate(
