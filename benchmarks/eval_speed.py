@@ -84,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     results = evaluate(model, tokenizer, names, args.data_dir, limit, args.batch_size, out, progress=not args.quick)
     ref: dict[str, Any] = {}
     if args.compare_generate:
-        own = harness.generate_batch
-        harness.generate_batch = generate_batch_hf
+        own = harness.generate_rows
+        harness.generate_rows = lambda *a, **k: [harness.Generation(t, "n/a", 0) for t in generate_batch_hf(*a, **k)]
         try:
             ref = evaluate(model, tokenizer, names, args.data_dir, limit, args.batch_size, out / "generate",
                            progress=not args.quick)
         finally:
-            harness.generate_batch = own
+            harness.generate_rows = own
     extra = f" {'generate it/s':>14} {'speed-up':>9} {'same text':>10}" if ref else ""
     print(f"{'benchmark':<10} {'items':>6} {'seconds':>9} {'items/s':>8} {'score':>7}{extra}")
     for name, res in results.items():

@@ -38,7 +38,6 @@ from _common import template_model, tiny_model_dir  # benchmarks/ is the script'
 
 from flowertune.config import Config, from_flat
 from flowertune.data.load import load_partition, split_validation
-from flowertune.data.tokenize import end_of_turn_ids
 from flowertune.federation import client_runtime
 from flowertune.models.load import load_tokenizer
 from flowertune.models.source import local_path
@@ -81,7 +80,7 @@ def config(model: str, v: Variant, batch: int, seq: int, steps: int) -> Config:
 def examples_for(cfg: Config) -> tuple[list, int]:
     """The medical sample's training rows of partition 0 of 1, tokenized as flowertune does."""
     tok = load_tokenizer(cfg.model)
-    rt = SimpleNamespace(tokenizer=tok, eot=end_of_turn_ids(tok))
+    rt = SimpleNamespace(tokenizer=tok)
     rows, _ = split_validation(load_partition(cfg.data, 0, 1), cfg.data)
     return client_runtime.tokenize_rows(rows, cfg, rt), tok.pad_token_id
 

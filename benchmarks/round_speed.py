@@ -135,9 +135,9 @@ def template_tokenize(cfg: Config, tok: Any, partition_id: int) -> list[Example]
     eot = tok.decode(end_of_turn_ids(tok))
     out = []
     for row in rows:
-        instruction, response = fmt(row, cfg.data)
-        prompt = render_prompt(tok, instruction)
-        ids = tok(prompt + response + eot, add_special_tokens=False, truncation=True,
+        record = fmt(row, cfg.data)
+        prompt = render_prompt(tok, record.text)
+        ids = tok(prompt + record.response + eot, add_special_tokens=False, truncation=True,
                   max_length=cfg.train.seq_length)["input_ids"]
         n = len(tok(prompt, add_special_tokens=False)["input_ids"])
         out.append(Example(ids, [IGNORE] * min(n, len(ids)) + ids[n:]))  # completion-only, as the template

@@ -48,7 +48,10 @@ class AdapterConfig:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = key("static.dataset.name", "sample:medical", "Hub dataset id, local json/jsonl/csv/parquet path, or sample:<name>")
-    format: str = key("data.format", "medical", "prompt mapping: medical | finance | code | general-nlp | generic")
+    format: str = key("data.format", "medical", "row mapping: medical | finance | code | general-nlp | generic")
+    prompt_frame: str = key("data.prompt-frame", "auto",
+                            "prompt frame: auto (chat template, else alpaca) | chat | alpaca | finance | qa | code "
+                            "(the last three are the evaluation frames)")
     instruction_column: str = key("data.instruction-column", "instruction", "generic format: instruction column")
     input_column: str = key("data.input-column", "input", "generic format: optional input column ('' = none)")
     response_column: str = key("data.response-column", "output", "generic format: response column")

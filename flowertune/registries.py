@@ -9,9 +9,10 @@ if TYPE_CHECKING:
 
 
 def check_names(cfg: Config) -> None:
-    """Raise ``ConfigError`` for a strategy, partitioner, data format or preset that does not exist."""
+    """Raise ``ConfigError`` for a strategy, partitioner, data format, prompt frame or preset that does not exist."""
     from flowertune.config import ConfigError
     from flowertune.data.formats import FORMATS
+    from flowertune.data.frames import FRAMES
     from flowertune.data.partition import PARTITIONERS
     from flowertune.federation.strategies import STRATEGIES
     from flowertune.presets import PRESETS
@@ -21,6 +22,7 @@ def check_names(cfg: Config) -> None:
         (STRATEGIES, cfg.strategy.name, "strategy.name"),
         (PARTITIONERS, cfg.data.partitioner, "data.partitioner"),
         (FORMATS, cfg.data.format, "data.format"),
+        (FRAMES, cfg.data.prompt_frame, "data.prompt-frame"),
         (PRESETS, cfg.run.preset, "preset"),
         (CODECS, cfg.run.wire_codec, "wire.codec"),
     ):

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from flowertune.config import Config, ConfigError, pyproject_section, resolve, toml_value
+from flowertune.config import Config, ConfigError, pyproject_section, toml_value
 from flowertune.federation.rundir import SUMMARY, default_run_path
 
 
@@ -49,15 +49,20 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def resolve_cli(preset: str | None, overrides: dict[str, Any], out: str | None) -> Config:
-    """Resolve preset + overrides exactly as the ServerApp would, and fix the run directory."""
-    flat = dict(overrides)
-    if preset:
-        flat["preset"] = preset
-    from flowertune.config import flat_defaults
+    """Layer defaults < preset < every key the user set (whatever its value), and fix the run directory.
 
-    cfg = resolve({**flat_defaults(), **flat})
+    The CLI knows which keys the user set, so it layers them itself and hands Flower a fully
+    materialised config (``run.preset-applied``): nothing is compared with the defaults.
+    """
+    from flowertune.config import check_keys, flat_defaults, from_flat
+    from flowertune.presets import preset_overrides
+
+    check_keys(overrides)
+    name = preset or str(overrides.get("preset", flat_defaults()["preset"]))
+    flat = {**preset_overrides(name), **overrides, "preset": name, "run.preset-applied": True}
+    cfg = from_flat(flat)
     path = Path(out).absolute() if out else default_run_path(cfg)
-    return resolve({**cfg.to_flat(), "run.output-dir": str(path), "run.preset-applied": True})
+    return from_flat({**cfg.to_flat(), "run.output-dir": str(path), "run.preset-applied": True})
 
 
 def app_dir() -> Path:

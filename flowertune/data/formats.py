@@ -1,19 +1,35 @@
-"""Prompt formats: how a dataset row becomes (instruction, response).
+"""Data formats: how a dataset row becomes a :class:`Record` (instruction, input, response).
 
 The four challenge formats reproduce the field mapping of the FlowerTune apps (``reformat`` in their
-``dataset.py``); ``generic`` takes its column names from the config.
+``dataset.py``): ``Record.text`` is the single user turn those apps train on. The separate
+``instruction`` and ``input`` are what the evaluation frames need (finance ``Instruction:/Input:``, the
+QA frame's instruction line and question block). ``generic`` takes its column names from the config.
+How a record is turned into a prompt string is the prompt frame's job (``flowertune/data/frames.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from flowertune.config import DataConfig
 from flowertune.registry import Registry
 
 Row = Mapping[str, Any]
-Formatter = Callable[[Row, DataConfig], tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One training example before framing."""
+
+    instruction: str
+    input: str
+    response: str
+    text: str  # the FlowerTune apps' single user turn for this row (chat and Alpaca frames)
+
+
+Formatter = Callable[[Row, DataConfig], Record]
 
 FORMATS: Registry[Formatter] = Registry("data format")
 
@@ -37,34 +53,40 @@ def _joined(instruction: str, inp: str) -> str:
     return f"{instruction} {inp}" if inp else instruction
 
 
+def _record(instruction: str, inp: str, response: str) -> Record:
+    return Record(instruction, inp, response, _joined(instruction, inp))
+
+
 @FORMATS.register("medical")
-def medical(row: Row, cfg: DataConfig) -> tuple[str, str]:
-    """Medical flashcards: the question is in ``input`` (the fixed ``instruction`` is dropped)."""
-    return _get(row, "input", "medical"), _get(row, "output", "medical")
+def medical(row: Row, cfg: DataConfig) -> Record:
+    """Medical flashcards: the question is in ``input``; the apps drop the fixed ``instruction`` from the turn."""
+    question = _get(row, "input", "medical")
+    instruction = str(row.get("instruction") or "")
+    return Record(instruction, question, _get(row, "output", "medical"), question)
 
 
 @FORMATS.register("finance")
-def finance(row: Row, cfg: DataConfig) -> tuple[str, str]:
+def finance(row: Row, cfg: DataConfig) -> Record:
     """FinGPT sentiment: ``instruction + " " + input`` -> ``output``."""
-    return _joined(_get(row, "instruction", "finance"), _get(row, "input", "finance")), _get(row, "output", "finance")
+    return _record(_get(row, "instruction", "finance"), _get(row, "input", "finance"), _get(row, "output", "finance"))
 
 
 @FORMATS.register("code")
-def code(row: Row, cfg: DataConfig) -> tuple[str, str]:
+def code(row: Row, cfg: DataConfig) -> Record:
     """Code Alpaca: ``instruction + " " + input`` -> ``output``."""
-    return _joined(_get(row, "instruction", "code"), _get(row, "input", "code")), _get(row, "output", "code")
+    return _record(_get(row, "instruction", "code"), _get(row, "input", "code"), _get(row, "output", "code"))
 
 
 @FORMATS.register("general-nlp")
-def general_nlp(row: Row, cfg: DataConfig) -> tuple[str, str]:
+def general_nlp(row: Row, cfg: DataConfig) -> Record:
     """Alpaca-GPT4: ``instruction`` -> ``output`` (the template ignores ``input``)."""
-    return _get(row, "instruction", "general-nlp"), _get(row, "output", "general-nlp")
+    instruction = _get(row, "instruction", "general-nlp")
+    return Record(instruction, str(row.get("input") or ""), _get(row, "output", "general-nlp"), instruction)
 
 
 @FORMATS.register("generic")
-def generic(row: Row, cfg: DataConfig) -> tuple[str, str]:
+def generic(row: Row, cfg: DataConfig) -> Record:
     """Any instruction/response file, columns named by ``data.*-column``."""
     instruction = _get(row, cfg.instruction_column, "generic", "data.instruction-column")
     inp = _get(row, cfg.input_column, "generic", "data.input-column") if cfg.input_column else ""
-    response = _get(row, cfg.response_column, "generic", "data.response-column")
-    return _joined(instruction, inp), response
+    return _record(instruction, inp, _get(row, cfg.response_column, "generic", "data.response-column"))

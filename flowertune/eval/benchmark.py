@@ -45,6 +45,9 @@ class Benchmark:
     chat_template: bool = False
     # per-item verdict for the items file (None: the benchmark has no per-item verdict, e.g. it is in score)
     is_correct: Callable[[Any, Item], bool] | None = None
+    # (generation, item) -> index in the generation where the answer ends (None: no answer found); the
+    # harness reports how many generations end at an end token right after it
+    answer_end: Callable[[str, Item], int | None] | None = None
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")

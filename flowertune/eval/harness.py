@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,34 @@ def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return {int(i) for i in (*ids, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
 
 
+STOP_GRACE = 3
+"""Tokens a row may still generate after a stop string appears, so that an end token right after the
+answer is seen (and counted in ``ended_at_eos_pct``); a stop string only fires once the answer is final."""
+
+
 class RowStop:
-    """Whether a row's generation is finished: an end token, its own token budget, or a stop string."""
+    """Why a row's generation is finished: an end token, its own token budget, or a stop string (None: not)."""
 
     def __init__(self, tokenizer: Any, end_ids: set[int], stop: Sequence[str] = ()) -> None:
         self.tokenizer, self.end_ids, self.stop = tokenizer, end_ids, tuple(stop)
 
-    def __call__(self, tokens: list[int], budget: int) -> bool:
+    def __call__(self, tokens: list[int], budget: int) -> str | None:
         if tokens and tokens[-1] in self.end_ids:
-            return True
+            return "eos"
         if len(tokens) >= budget:
-            return True
-        return bool(self.stop) and any(s in self.tokenizer.decode(tokens, skip_special_tokens=True) for s in self.stop)
+            return "budget"
+        if self.stop and any(s in self.tokenizer.decode(tokens, skip_special_tokens=True) for s in self.stop):
+            return "stop"
+        return None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One row's greedy continuation and why it ended (``eos``, ``budget`` or ``stop``)."""
+
+    text: str
+    end: str
+    new_tokens: int
 
 
 def _render(bench: Benchmark, item: Item, tokenizer: Any) -> str:
@@ -55,14 +72,21 @@ def _render(bench: Benchmark, item: Item, tokenizer: Any) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-@torch.inference_mode()
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
                    stop: Sequence[str] = ()) -> list[str]:
+    """Greedy continuations (texts) of token-id prompts; see :func:`generate_rows`."""
+    return [g.text for g in generate_rows(model, tokenizer, prompts, budgets, stop)]
+
+
+@torch.inference_mode()
+def generate_rows(model: Any, tokenizer: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
+                  stop: Sequence[str] = ()) -> list[Generation]:
     """Greedy continuations of token-id prompts, left-padded in one batch, with the KV cache.
 
-    Each row stops on its own (end token, own budget, stop string), and finished rows leave the batch:
-    the cache, mask and positions are cut to the rows still running, so one long answer does not make
-    the whole batch keep decoding (with ``model.generate`` every row runs until the last one ends).
+    Each row stops on its own (end token, own budget, or :data:`STOP_GRACE` tokens after a stop string),
+    and finished rows leave the batch: the cache, mask and positions are cut to the rows still running,
+    so one long answer does not make the whole batch keep decoding (with ``model.generate`` every row
+    runs until the last one ends).
     """
     from transformers import DynamicCache
 
@@ -78,6 +102,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], bud
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     done = RowStop(tokenizer, end_token_ids(model, tokenizer), stop)
     tokens: list[list[int]] = [[] for _ in prompts]
+    ends = ["budget"] * len(prompts)
+    stop_seen: dict[int, int] = {}  # row -> tokens generated when a stop string first appeared
     active = [row for row, budget in enumerate(budgets) if budget > 0]
     if active:
         cache = DynamicCache()
@@ -93,8 +119,13 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], bud
         keep = []
         for j, row in enumerate(active):
             tokens[row].append(picked[j])
-            if not done(tokens[row], budgets[row]):
+            reason = done(tokens[row], budgets[row])
+            if reason == "stop" and len(tokens[row]) - stop_seen.setdefault(row, len(tokens[row])) < STOP_GRACE:
+                reason = None
+            if reason is None:
                 keep.append(j)
+            else:
+                ends[row] = reason
         if not keep:
             break
         if len(keep) < len(active):
@@ -107,11 +138,11 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], bud
         last = last + 1
         logits = model(input_ids=step, attention_mask=attention, position_ids=last[:, None],
                        cache=cache, use_cache=True).logits[:, -1]
-    return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+    return [Generation(tokenizer.decode(t, skip_special_tokens=True), end, len(t)) for t, end in zip(tokens, ends)]
 
 
 def run_benchmark(model: Any, tokenizer: Any, bench: Benchmark, items: Sequence[Item], batch_size: int,
-                  progress: bool = True) -> list[str]:
+                  progress: bool = True) -> list[Generation]:
     """Generations for ``items`` (returned in the items' order), batched by budget and prompt length."""
     from tqdm.auto import tqdm
 
@@ -119,22 +150,48 @@ def run_benchmark(model: Any, tokenizer: Any, bench: Benchmark, items: Sequence[
     budgets = [int(bench.max_new_tokens(it, tokenizer)) for it in items]
     # equal budgets together, then similar lengths together: little padding and few wasted decode steps
     order = sorted(range(len(items)), key=lambda i: (budgets[i], len(ids[i])))
-    generations = [""] * len(items)
+    generations: list[Generation] = [Generation("", "budget", 0)] * len(items)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=bench.name, unit="batch", disable=not progress):
-        texts = generate_batch(model, tokenizer, [ids[i] for i in batch], [budgets[i] for i in batch], bench.stop)
-        for i, text in zip(batch, texts):
-            generations[i] = text
+        rows = generate_rows(model, tokenizer, [ids[i] for i in batch], [budgets[i] for i in batch], bench.stop)
+        for i, gen in zip(batch, rows):
+            generations[i] = gen
     return generations
 
 
-def _write_items(path: Path, bench: Benchmark, items: Sequence[Item], generations: Sequence[str],
+def tokens_after_answer(bench: Benchmark, gen: Generation, item: Item, tokenizer: Any) -> int | None:
+    """Tokens generated after the benchmark's answer span (None: no answer span found or defined)."""
+    if bench.answer_end is None:
+        return None
+    end = bench.answer_end(gen.text, item)
+    if end is None:
+        return None
+    return len(tokenizer(gen.text[end:], add_special_tokens=False)["input_ids"])
+
+
+def stop_metrics(bench: Benchmark, generations: Sequence[Generation], items: Sequence[Item],
+                 tokenizer: Any) -> dict[str, float]:
+    """How generations ended: % at an end token, and % at an end token within 3 tokens of the answer."""
+    if not generations:
+        return {}
+    out = {"ended_at_eos_pct": 100.0 * sum(g.end == "eos" for g in generations) / len(generations)}
+    if bench.answer_end is not None:
+        close = 0
+        for gen, item in zip(generations, items):
+            after = tokens_after_answer(bench, gen, item, tokenizer)
+            # the end token itself is one of the generated tokens, not part of the decoded text
+            close += gen.end == "eos" and after is not None and after <= STOP_GRACE
+        out["eos_after_answer_pct"] = 100.0 * close / len(generations)
+    return out
+
+
+def _write_items(path: Path, bench: Benchmark, items: Sequence[Item], generations: Sequence[Generation],
                  extracted: Sequence[Any]) -> None:
     with path.open("w", encoding="utf-8") as f:
-        for item, text, answer in zip(items, generations, extracted):
+        for item, gen, answer in zip(items, generations, extracted):
             correct = bench.is_correct(answer, item) if bench.is_correct else None
-            row = {"id": item.id, "prompt": item.prompt, "generation": text, "extracted": answer,
-                   "gold": item.gold, "correct": correct}
+            row = {"id": item.id, "prompt": item.prompt, "generation": gen.text, "extracted": answer,
+                   "gold": item.gold, "correct": correct, "end": gen.end, "new_tokens": gen.new_tokens}
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
@@ -156,8 +213,8 @@ def evaluate(model: Any, tokenizer: Any, benchmark_names: Sequence[str], data_di
             items = items[:limit]
         start = time.perf_counter()
         generations = run_benchmark(model, tokenizer, bench, items, batch_size, progress)
-        extracted = [bench.extract(text, item) for text, item in zip(generations, items)]
-        metrics = bench.score(extracted, items)
+        extracted = [bench.extract(gen.text, item) for gen, item in zip(generations, items)]
+        metrics = {**bench.score(extracted, items), **stop_metrics(bench, generations, items, tokenizer)}
         seconds = time.perf_counter() - start
         results[bench.name] = {
             "score": float(metrics["score"]),

@@ -42,8 +42,12 @@ def format_mcq(question: str, choices: Sequence[str]) -> str:
 
 
 def leaderboard_prompt(instruction: str, body: str) -> str:
-    """The full prompt string: instruction, body and ``The answer is:`` inside the question/answer frame."""
-    return CHAT_FRAME.format(prompt=f"{instruction}\n{body}\nThe answer is:\n")
+    """The full prompt string: instruction, body and ``The answer is:`` inside the question/answer frame.
+
+    Every benchmark has an instruction; an empty one (a training row without one) leaves its line out.
+    """
+    head = f"{instruction}\n" if instruction else ""
+    return CHAT_FRAME.format(prompt=f"{head}{body}\nThe answer is:\n")
 
 
 def _clean_ascii(text: str) -> str:
@@ -207,6 +211,13 @@ def finance_budget(item: Item, tokenizer: Any) -> int:
     return max(1, FINANCE_MAX_LENGTH - _GROUP_LENGTHS[key])
 
 
+def sentiment_answer_end(generation: str, item: Item) -> int | None:
+    """End of the first label word (any case) in the generation, or None when it names no label."""
+    found = [m.end() for m in (re.search(w, generation, re.IGNORECASE) for w in ("positive", "negative", "neutral"))
+             if m]
+    return min(found) if found else None
+
+
 def sentiment_correct(prediction: Any, item: Item) -> bool:
     """Correct when the label equals ``change_target(gold)``."""
     return prediction == change_target(str(item.gold))
@@ -236,6 +247,7 @@ def finance_benchmark(name: str, load: Callable[[Path | None], list[Item]]) -> B
         score=sentiment_score,
         stop=FINANCE_STOP,
         is_correct=sentiment_correct,
+        answer_end=sentiment_answer_end,
     )
 
 

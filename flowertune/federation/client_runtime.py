@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowertune.config import AdapterConfig, Config, DataConfig, ModelConfig
+from flowertune.data.example import IGNORE, Example
 from flowertune.data.formats import FORMATS
+from flowertune.data.frames import FRAMES
 from flowertune.data.load import load_partition, split_validation
-from flowertune.data.tokenize import build_example, end_of_turn_ids
 from flowertune.models.adapter import attach_adapter
 from flowertune.models.load import load_model, load_tokenizer
-from flowertune.data.example import IGNORE, Example
 from flowertune.train.precision import prepare_for_training
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,6 @@ class Runtime:
     model: Any
     tokenizer: Any
     pad_id: int
-    eot: list[int]
 
 
 @dataclass(frozen=True)
@@ -63,17 +62,18 @@ def runtime(cfg: Config) -> Runtime:
         model = prepare_for_training(attach_adapter(base, cfg.adapter, cfg.model, seed=cfg.train.seed),
                                      cfg.model.dtype, cfg.model.attn_implementation)
         MODEL_LOADS += 1
-        _RUNTIMES[key] = Runtime(model, tokenizer, tokenizer.pad_token_id, end_of_turn_ids(tokenizer))
+        _RUNTIMES[key] = Runtime(model, tokenizer, tokenizer.pad_token_id)
     return _RUNTIMES[key]
 
 
 def tokenize_rows(rows: Any, cfg: Config, rt: Runtime) -> list[Example]:
-    """Format and tokenize dataset rows; rows whose prompt fills the whole window are dropped."""
+    """Format, frame and tokenize dataset rows; rows whose prompt fills the whole window are dropped."""
     fmt = FORMATS.get(cfg.data.format)
+    frame = FRAMES.get(cfg.data.prompt_frame)
+    stop = frame.stop(rt.tokenizer)
     out = []
     for row in rows:
-        instruction, response = fmt(row, cfg.data)
-        ex = build_example(rt.tokenizer, instruction, response, cfg.train.seq_length, rt.eot)
+        ex = frame.example(rt.tokenizer, fmt(row, cfg.data), cfg.train.seq_length, stop)
         if any(t != IGNORE for t in ex.labels[1:]):
             out.append(ex)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,45 @@ def test_row_stop_on_stop_string_budget_and_end_token(tokenizer: Any) -> None:
     stop = RowStop(tokenizer, {tokenizer.eos_token_id}, ("positive",))
     positive = tokenizer(" it is positive", add_special_tokens=False)["input_ids"]
     negative = tokenizer(" it is negative", add_special_tokens=False)["input_ids"]
-    assert stop(positive, 100) and not stop(negative, 100)  # "negative" is not final: no stop
-    assert stop(negative[:2], 2) and not stop(negative[:2], 3)  # own budget
-    assert stop(negative + [tokenizer.eos_token_id], 100)
+    assert stop(positive, 100) == "stop" and stop(negative, 100) is None  # "negative" is not final: no stop
+    assert stop(negative[:2], 2) == "budget" and stop(negative[:2], 3) is None  # own budget
+    assert stop(negative + [tokenizer.eos_token_id], 100) == "eos"
+
+
+def test_stop_string_lets_an_end_token_follow(tokenizer: Any) -> None:
+    """After a stop string a row runs STOP_GRACE more tokens, so an EOS right after the label is seen."""
+    from types import SimpleNamespace
+
+    from flowertune.eval.harness import STOP_GRACE, generate_rows
+
+    eos = tokenizer.eos_token_id
+    vocab = tokenizer.get_vocab()
+    a, b = vocab["A"], vocab["B"]  # the prompts' last tokens choose the continuation
+    pos = tokenizer(" positive", add_special_tokens=False)["input_ids"]
+    cap = tokenizer(" Positive", add_special_tokens=False)["input_ids"]
+    filler = [vocab["x"], vocab["y"]]
+    table = {a: pos[0], b: cap[0], pos[-1]: eos, cap[-1]: filler[0], filler[0]: filler[1], filler[1]: filler[0]}
+    table.update({t: n for chain in (pos, cap) for t, n in itertools.pairwise(chain)})
+    assert len({a, b, eos, *pos, *cap, *filler}) == 3 + len(pos) + len(cap) + 2  # the chains do not collide
+
+    class NextToken(torch.nn.Module):
+        """A stateless "model": the next token is a fixed function of the last one."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.generation_config = None
+
+        def forward(self, input_ids: Any, **kwargs: Any) -> Any:
+            logits = torch.full((*input_ids.shape, len(tokenizer)), -1e9)
+            for row, last in enumerate(input_ids[:, -1].tolist()):
+                logits[row, -1, table.get(last, eos)] = 0.0
+            return SimpleNamespace(logits=logits)
+
+    prompts = [tokenizer("Answer: ")["input_ids"] + [a], tokenizer("Answer: ")["input_ids"] + [b]]
+    gens = generate_rows(NextToken(), tokenizer, prompts, [50, 50], ("positive", "Positive"))
+    assert gens[0].end == "eos" and gens[0].new_tokens == len(pos) + 1 and gens[0].text == " positive"
+    assert gens[1].end == "stop" and gens[1].new_tokens == len(cap) + STOP_GRACE
 
 
 def test_matches_model_generate_row_by_row(tiny_model: Any, tokenizer: Any) -> None:
@@ -101,7 +138,9 @@ def test_evaluate_writes_results_in_protocol_order(tiny_model: Any, tokenizer: A
         assert res["seconds"] > 0 and res["items_per_s"] > 0 and res["protocol"]
         rows = [json.loads(line) for line in (tmp_path / f"items-{name}.jsonl").read_text().splitlines()]
         assert len(rows) == res["n"]
-        assert set(rows[0]) == {"id", "prompt", "generation", "extracted", "gold", "correct"}
+        assert set(rows[0]) == {"id", "prompt", "generation", "extracted", "gold", "correct", "end", "new_tokens"}
+        assert all(r["end"] in ("eos", "budget", "stop") for r in rows)
+        assert res["ended_at_eos_pct"] == pytest.approx(100 * sum(r["end"] == "eos" for r in rows) / len(rows))
         assert sum(r["correct"] for r in rows) * 100 / len(rows) == pytest.approx(res["score"]) or name == "mmlu"
     medmcqa_rows = [json.loads(line) for line in (tmp_path / "items-medmcqa.jsonl").read_text().splitlines()]
     assert [r["id"] for r in medmcqa_rows] == ["id-1", "id-2"]

@@ -8,15 +8,20 @@ ROW = {"instruction": "Answer this question truthfully", "input": "What causes s
 
 def test_challenge_mappings_match_flowertune_reformat():
     cfg = DataConfig()
-    assert FORMATS.get("medical")(ROW, cfg) == ("What causes scurvy?", "Vitamin C lack.")
-    assert FORMATS.get("finance")(ROW, cfg) == ("Answer this question truthfully What causes scurvy?", "Vitamin C lack.")
-    assert FORMATS.get("code")({**ROW, "input": ""}, cfg) == ("Answer this question truthfully", "Vitamin C lack.")
-    assert FORMATS.get("general-nlp")(ROW, cfg) == ("Answer this question truthfully", "Vitamin C lack.")
+    med = FORMATS.get("medical")(ROW, cfg)
+    assert (med.text, med.response) == ("What causes scurvy?", "Vitamin C lack.")
+    assert (med.instruction, med.input) == ("Answer this question truthfully", "What causes scurvy?")
+    fin = FORMATS.get("finance")(ROW, cfg)
+    assert (fin.text, fin.response) == ("Answer this question truthfully What causes scurvy?", "Vitamin C lack.")
+    assert (fin.instruction, fin.input) == ("Answer this question truthfully", "What causes scurvy?")
+    assert FORMATS.get("code")({**ROW, "input": ""}, cfg).text == "Answer this question truthfully"
+    assert FORMATS.get("general-nlp")(ROW, cfg).text == "Answer this question truthfully"
 
 
 def test_generic_uses_configured_columns():
     cfg = DataConfig(format="generic", instruction_column="q", input_column="", response_column="a")
-    assert FORMATS.get("generic")({"q": "Why?", "a": "Because."}, cfg) == ("Why?", "Because.")
+    rec = FORMATS.get("generic")({"q": "Why?", "a": "Because."}, cfg)
+    assert (rec.text, rec.response, rec.input) == ("Why?", "Because.", "")
 
 
 def test_missing_column_names_columns_and_fix():

@@ -23,9 +23,15 @@ MAX_LENGTH = 2048
 TEST_IDS = range(11, 511)
 
 
+def docstring_prompt(*lines: str) -> str:
+    """The InCoder docstring frame: the lines inside triple quotes, then a newline (the code follows)."""
+    body = "\n".join(lines)
+    return f'"""\n{body}\n"""\n'
+
+
 def build_prompt(text: str, first_test: str) -> str:
     """The InCoder docstring prompt: the description and one test inside triple quotes."""
-    return f'"""\n{text}\n{first_test}\n"""\n'
+    return docstring_prompt(text, first_test)
 
 
 def item_from_row(row: dict[str, Any]) -> Item:

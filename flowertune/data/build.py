@@ -1,0 +1,102 @@
+"""Training sets built from the raw files in a data directory, with every evaluation item held out.
+
+``finance-sentiment``
+    FinGPT-style sentiment rows (``instruction``/``input``/``output``, the schema of
+    ``FinGPT/fingpt-sentiment-train``, which is built from the same sources) from the Financial
+    PhraseBank and FiQA-2018 rows that are *not* in their FlowerTune evaluation splits. The instruction is
+    FinGPT's (``news`` for FPB and FiQA headlines, ``tweet`` for FiQA posts) and the label is FinGPT's.
+``medmcqa``
+    MedMCQA *train* questions (``medmcqa_train10k``) as multiple-choice rows: ``instruction`` is the
+    MedMCQA evaluation instruction, ``input`` the ``Question:/Options:`` block, ``output`` the letter.
+
+A row whose text (case- and whitespace-normalised) equals an evaluation item's text in any benchmark of
+the same challenge is dropped too (FPB repeats some sentences), so the rows and the evaluation items are
+disjoint by construction; ``tests/eval/test_build_data.py`` checks it on the real files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from flowertune.registry import Registry
+
+Rows = list[dict[str, str]]
+BUILDERS: Registry[Callable[[Path], Rows]] = Registry("training set")
+
+
+def normalise(text: str) -> str:
+    """Lower-cased text with runs of whitespace collapsed (the key of the disjointness check)."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _eval_texts(names: Iterable[str], data_dir: Path, field: Callable[[Any], str]) -> set[str]:
+    import flowertune.eval.benchmarks  # noqa: F401  (registers them)
+    from flowertune.eval.benchmark import BENCHMARKS
+
+    return {normalise(field(item)) for name in names for item in BENCHMARKS.get(name).load(data_dir)}
+
+
+def _sentiment_input(item: Any) -> str:
+    # the finance prompt is "Instruction: ...\nInput: <text>\nAnswer: "
+    return item.prompt.split("\nInput: ", 1)[1].rsplit("\nAnswer: ", 1)[0]
+
+
+@BUILDERS.register("finance-sentiment")
+def finance_sentiment(data_dir: Path) -> Rows:
+    """Non-evaluation FPB and FiQA rows in the FinGPT sentiment schema."""
+    from flowertune.eval.benchmarks import fiqa, fpb
+    from flowertune.eval.protocol import seeded_test_indices, sentiment_instruction
+
+    held_out = _eval_texts(("fpb", "fiqa", "tfns"), data_dir, _sentiment_input)
+    candidates: list[tuple[str, str, str]] = []
+    fpb_rows = fpb._all_rows(data_dir)
+    fpb_test = set(seeded_test_indices(len(fpb_rows)))
+    news = sentiment_instruction("news")
+    candidates += [(news, text, gold.strip()) for i, (text, gold) in enumerate(fpb_rows) if i not in fpb_test]
+    fiqa_rows = fiqa._all_rows(data_dir)
+    fiqa_test = set(seeded_test_indices(len(fiqa_rows)))
+    candidates += [(sentiment_instruction("tweet" if r["format"] == "post" else "news"), r["sentence"],
+                    fiqa.label(float(r["sentiment_score"]))) for i, r in enumerate(fiqa_rows) if i not in fiqa_test]
+    rows, seen = [], set()
+    for instruction, text, label in candidates:
+        key = normalise(text)
+        if key in held_out or key in seen:
+            continue
+        seen.add(key)
+        rows.append({"instruction": instruction, "input": text, "output": label})
+    return rows
+
+
+@BUILDERS.register("medmcqa")
+def medmcqa(data_dir: Path) -> Rows:
+    """MedMCQA train questions as MCQ rows in the evaluation's own instruction and option block."""
+    from flowertune.eval.benchmarks import medmcqa as bench
+    from flowertune.eval.protocol import format_mcq, leaderboard_prompt
+
+    held_out = _eval_texts(("medmcqa", "medqa", "careqa"), data_dir, lambda item: item.prompt)
+    path = data_dir / "medmcqa_train10k" / "medmcqa_val.json.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = json.load(f)
+    rows, seen = [], set()
+    for record in data.values():
+        body = format_mcq(record["question"], [record["options"][k] for k in "ABCD"])
+        key = normalise(record["question"])
+        if normalise(leaderboard_prompt(bench.INSTRUCTION, body)) in held_out or key in seen:
+            continue
+        seen.add(key)
+        rows.append({"instruction": bench.INSTRUCTION, "input": body, "output": record["correct_answer"]})
+    return rows
+
+
+def write_jsonl(rows: Rows, path: Path) -> Path:
+    """Write ``rows`` as JSON lines (the form ``static.dataset.name`` reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+    return path
