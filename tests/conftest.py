@@ -92,3 +92,12 @@ def tiny_data_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "qa.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """``$FLOWERTUNE_DATA_DIR`` or ``<repo>/../shared/data``; the test is skipped only when it is absent."""
+    path = Path(os.environ.get("FLOWERTUNE_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip(f"no benchmark data directory at {path}")
+    return path

@@ -3,8 +3,11 @@
 ``finance-sentiment``
     FinGPT-style sentiment rows (``instruction``/``input``/``output``, the schema of
     ``FinGPT/fingpt-sentiment-train``, which is built from the same sources) from the Financial
-    PhraseBank and FiQA-2018 rows that are *not* in their FlowerTune evaluation splits. The instruction is
-    FinGPT's (``news`` for FPB and FiQA headlines, ``tweet`` for FiQA posts) and the label is FinGPT's.
+    PhraseBank and FiQA-2018 rows that are *not* in their FlowerTune evaluation splits, with FinGPT's
+    instruction and FinGPT's label. The instruction's ``news``/``tweet`` tag is drawn per row (seeded, 50/50)
+    instead of following the source: tagged by source, only 23 of 495 ``tweet`` rows (FiQA posts) are
+    neutral, and a model trained so learned that a tweet is never neutral (TFNS, 66% neutral tweets: 43.7%,
+    with 957 of its 1566 neutral tweets answered positive). Drawn at random, the tag carries no label.
 ``medmcqa``
     MedMCQA *train* questions (``medmcqa_train10k``) as multiple-choice rows: ``instruction`` is the
     MedMCQA evaluation instruction, ``input`` the ``Question:/Options:`` block, ``output`` the letter.
@@ -47,28 +50,31 @@ def _sentiment_input(item: Any) -> str:
 
 
 @BUILDERS.register("finance-sentiment")
-def finance_sentiment(data_dir: Path) -> Rows:
+def finance_sentiment(data_dir: Path, seed: int = 42) -> Rows:
     """Non-evaluation FPB and FiQA rows in the FinGPT sentiment schema."""
+    import random
+
     from flowertune.eval.benchmarks import fiqa, fpb
     from flowertune.eval.protocol import seeded_test_indices, sentiment_instruction
 
     held_out = _eval_texts(("fpb", "fiqa", "tfns"), data_dir, _sentiment_input)
-    candidates: list[tuple[str, str, str]] = []
+    candidates: list[tuple[str, str]] = []
     fpb_rows = fpb._all_rows(data_dir)
     fpb_test = set(seeded_test_indices(len(fpb_rows)))
-    news = sentiment_instruction("news")
-    candidates += [(news, text, gold.strip()) for i, (text, gold) in enumerate(fpb_rows) if i not in fpb_test]
+    candidates += [(text, gold.strip()) for i, (text, gold) in enumerate(fpb_rows) if i not in fpb_test]
     fiqa_rows = fiqa._all_rows(data_dir)
     fiqa_test = set(seeded_test_indices(len(fiqa_rows)))
-    candidates += [(sentiment_instruction("tweet" if r["format"] == "post" else "news"), r["sentence"],
-                    fiqa.label(float(r["sentiment_score"]))) for i, r in enumerate(fiqa_rows) if i not in fiqa_test]
+    candidates += [(r["sentence"], fiqa.label(float(r["sentiment_score"])))
+                   for i, r in enumerate(fiqa_rows) if i not in fiqa_test]
+    rng = random.Random(seed)
     rows, seen = [], set()
-    for instruction, text, label in candidates:
+    for text, label in candidates:
         key = normalise(text)
         if key in held_out or key in seen:
             continue
         seen.add(key)
-        rows.append({"instruction": instruction, "input": text, "output": label})
+        tag = rng.choice(("news", "tweet"))
+        rows.append({"instruction": sentiment_instruction(tag), "input": text, "output": label})
     return rows
 
 

@@ -72,3 +72,20 @@ def test_unknown_preset_lists_presets():
 def test_flat_round_trip():
     cfg = from_flat({"model.lora.use-dora": True, "train.seq-length": 128})
     assert from_flat(cfg.to_flat()) == cfg
+
+
+def test_cli_user_values_equal_to_the_default_beat_the_preset():
+    """The bug of issue 11: a value the user sets wins even when it equals the default."""
+    from flowertune.commands.run import parse_overrides, resolve_cli
+
+    overrides = parse_overrides(["model.name=embedded model.quantization=0 train.training-arguments.optim=adamw_torch",
+                                 "model.lora.peft-lora-r=8"])
+    cfg = resolve_cli("finance", overrides, "/tmp/flowertune-test-run")
+    assert (cfg.model.name, cfg.model.quantization, cfg.train.optim) == ("embedded", 0, "adamw_torch")
+    assert cfg.adapter.r == 8 and cfg.run.preset == "finance"
+    assert cfg.data.name == "flwrlabs/fingpt-sentiment-train" and cfg.data.prompt_frame == "finance"  # unset: preset
+    assert cfg.run.output_dir == "/tmp/flowertune-test-run" and cfg.run.preset_applied
+    # what the ServerApp resolves from the run-config the CLI writes is the same config
+    assert resolve(cfg.to_flat()) == cfg
+    with pytest.raises(ConfigError, match="unknown config key"):
+        resolve_cli("finance", {"model.nam": "x"}, None)

@@ -1,0 +1,56 @@
+"""Training sets built from the real data directory never contain an evaluation item."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+from flowertune.data.build import BUILDERS, normalise
+from flowertune.eval.benchmark import BENCHMARKS
+from flowertune.eval.protocol import leaderboard_prompt, sentiment_instruction
+
+
+def _sentence(prompt: str) -> str:
+    return prompt.split("\nInput: ", 1)[1].rsplit("\nAnswer: ", 1)[0]
+
+
+def test_finance_sentiment_rows_are_disjoint_from_every_finance_eval_item(real_data_dir: Path) -> None:
+    rows = BUILDERS.get("finance-sentiment")(real_data_dir)
+    evaluated = {name: [_sentence(it.prompt) for it in BENCHMARKS.get(name).load(real_data_dir)]
+                 for name in ("fpb", "fiqa", "tfns")}
+    assert [len(v) for v in evaluated.values()] == [1212, 304, 2388]
+    held_out = {normalise(t) for texts in evaluated.values() for t in texts}
+    train = [normalise(r["input"]) for r in rows]
+    assert not held_out & set(train)
+    assert not any(t in set(train) for t in (normalise(s) for s in evaluated["fpb"]))
+    # every non-evaluation FPB + FiQA sentence is used once, except repeats of an evaluation sentence
+    assert 4000 < len(rows) <= (4846 - 1212) + (1213 - 304) and len(set(train)) == len(train)
+    assert {r["output"] for r in rows} == {"negative", "neutral", "positive"}
+    assert {r["instruction"] for r in rows} == {sentiment_instruction("news"), sentiment_instruction("tweet")}
+    # the news/tweet tag carries no label: each label has about the same share of tweets
+    tweets = collections.Counter(r["output"] for r in rows if "tweet" in r["instruction"])
+    labels = collections.Counter(r["output"] for r in rows)
+    assert all(0.4 < tweets[k] / labels[k] < 0.6 for k in labels), (tweets, labels)
+
+
+def test_medmcqa_rows_are_disjoint_from_the_medical_mcq_eval_items(real_data_dir: Path) -> None:
+    rows = BUILDERS.get("medmcqa")(real_data_dir)
+    assert 9900 < len(rows) <= 10000 and {r["output"] for r in rows} == set("ABCD")
+    prompts = {normalise(leaderboard_prompt(r["instruction"], r["input"])) for r in rows}
+    for name in ("medmcqa", "medqa", "careqa"):
+        assert not prompts & {normalise(it.prompt) for it in BENCHMARKS.get(name).load(real_data_dir)}, name
+
+
+def test_build_data_command_writes_jsonl_readable_by_a_run(real_data_dir: Path, tmp_path: Path) -> None:
+    from flowertune.cli import main
+    from flowertune.config import DataConfig
+    from flowertune.data.load import load_partition
+
+    out = tmp_path / "fin.jsonl"
+    assert main(["build-data", "finance-sentiment", "--data-dir", str(real_data_dir), "--out", str(out)]) == 0
+    first = json.loads(out.read_text().splitlines()[0])
+    assert set(first) == {"instruction", "input", "output"}
+    part = load_partition(DataConfig(name=str(out), format="finance"), 0, 10)
+    assert 400 < len(part) < 500
+    assert main(["build-data", "nope", "--data-dir", str(real_data_dir), "--out", str(out)]) == 2
