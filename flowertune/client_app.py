@@ -38,9 +38,17 @@ def _run(cfg: Config, context: Context, task: str, *args: Any) -> Any:
     return TASKS[task](*args)
 
 
+_RESOLVED: dict[tuple[tuple[str, Any], ...], Config] = {}
+
+
 def _setup(context: Context) -> Config:
-    setup_logging()
-    return resolve(dict(context.run_config))
+    """The run's config, resolved once per process (every message of a run carries the same run_config)."""
+    key = tuple(sorted(context.run_config.items()))
+    if key not in _RESOLVED:
+        setup_logging()
+        _RESOLVED.clear()
+        _RESOLVED[key] = resolve(dict(context.run_config))
+    return _RESOLVED[key]
 
 
 @app.query()

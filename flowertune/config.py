@@ -223,25 +223,55 @@ def from_flat(flat: Mapping[str, Any]) -> Config:
     return cfg
 
 
-def resolve(run_config: Mapping[str, Any]) -> Config:
-    """Resolve Flower's ``run_config`` (pyproject defaults + overrides) with its preset.
-
-    Layering: dataclass defaults < preset < every key whose value differs from the default. A key
-    left at its pyproject default therefore takes the preset's value.
-    """
+def layer(preset: str, user: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Defaults < preset < every key in ``user`` (whatever its value): the materialised flat config and
+    the source of each key (``default`` / ``preset`` / ``user``). Marked ``run.preset-applied``."""
     from flowertune.presets import preset_overrides
 
+    check_keys(user)
+    flat: dict[str, Any] = dict(flat_defaults())
+    sources = dict.fromkeys(flat, "default")
+    for layer_name, values in (("preset", preset_overrides(preset)), ("user", user)):
+        for k, v in values.items():
+            flat[k], sources[k] = v, layer_name
+    flat["preset"], flat["run.preset-applied"] = preset, True
+    return flat, sources
+
+
+def preset_run_config(name: str, user: Mapping[str, Any] | None = None) -> str:
+    """Preset ``name`` with the user's keys on top, as one ``--run-config`` key=value text for plain ``flwr run``.
+
+    One string with each key once: Flower merges several ``--run-config`` strings per top-level table (a
+    later ``model.x=...`` drops every earlier ``model.*`` key), and TOML rejects a key given twice.
+    """
+    flat, sources = layer(name, dict(user or {}))
+    keep = [k for k in flat if sources[k] != "default" or k in ("preset", "run.preset-applied")]
+    return " ".join(f"{k}={toml_value(flat[k])}" for k in keep)
+
+
+def resolve(run_config: Mapping[str, Any]) -> Config:
+    """Resolve Flower's ``run_config`` (pyproject defaults + overrides) into a :class:`Config`.
+
+    Flower hands the app the merged values, so a key left at its pyproject default cannot be told from one
+    the user set to the same value. Layering therefore happens only where the set keys are known:
+    ``flowertune run`` (and ``flowertune presets --run-config NAME`` for plain ``flwr run``) send a fully
+    materialised config marked ``run.preset-applied``, taken as it is. The defaults are the ``quickstart``
+    preset, so a plain run of it needs no layering; any other preset without ``run.preset-applied`` is an
+    error that says how to apply it.
+    """
     check_keys(run_config)
-    if run_config.get("run.preset-applied") is True:
+    name = str(run_config.get("preset", "quickstart"))
+    if run_config.get("run.preset-applied") is True or name == "quickstart":
         return from_flat(run_config)
-    defaults = flat_defaults()
-    name = str(run_config.get("preset", defaults["preset"]))
-    merged: dict[str, Any] = dict(preset_overrides(name))
-    merged["preset"] = name
-    for k, v in run_config.items():
-        if k != "preset" and v != defaults[k]:
-            merged[k] = v
-    return from_flat(merged)
+    from flowertune.presets import PRESETS
+
+    if name not in PRESETS:
+        raise ConfigError(f"preset={name!r} is not valid; choose one of: {', '.join(PRESETS.names())}")
+    raise ConfigError(
+        f"preset={name!r} under plain `flwr run` cannot tell the values you set from the pyproject defaults; "
+        f"use `flowertune run --preset {name} key=value ...`, or let flowertune layer them: "
+        f"flwr run . --run-config \"$(flowertune presets --run-config {name} key=value ...)\""
+    )
 
 
 def validate(cfg: Config) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from flowertune.config import describe, pyproject_section
@@ -19,6 +20,16 @@ def handle_keys(args: argparse.Namespace) -> int:
 
 
 def handle_presets(args: argparse.Namespace) -> int:
+    if args.run_config:
+        from flowertune.commands.run import parse_overrides
+        from flowertune.config import ConfigError, preset_run_config
+
+        try:
+            print(preset_run_config(args.run_config, parse_overrides(args.overrides)))
+        except (KeyError, ConfigError) as exc:
+            print(f"flowertune presets: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+            return 2
+        return 0
     for name in PRESETS.names():
         print(f"[{name}]")
         for k, v in sorted(PRESETS.get(name).items()):
@@ -31,4 +42,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--pyproject", action="store_true", help="print the [tool.flwr.app.config] section")
     p.set_defaults(func=handle_keys)
     q = sub.add_parser("presets", help="list presets and what they change")
+    q.add_argument("--run-config", metavar="NAME",
+                   help="print preset NAME with your key=value overrides on top as one --run-config text for plain "
+                        "`flwr run` (your keys win whatever their value)")
+    q.add_argument("overrides", nargs="*", help="with --run-config: your key=value overrides")
     q.set_defaults(func=handle_presets)

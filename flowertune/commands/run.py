@@ -48,21 +48,37 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve_cli(preset: str | None, overrides: dict[str, Any], out: str | None) -> Config:
+def resolve_cli(preset: str | None, overrides: dict[str, Any], out: str | None,
+                sources: dict[str, str] | None = None) -> Config:
     """Layer defaults < preset < every key the user set (whatever its value), and fix the run directory.
 
     The CLI knows which keys the user set, so it layers them itself and hands Flower a fully
-    materialised config (``run.preset-applied``): nothing is compared with the defaults.
+    materialised config (``run.preset-applied``): nothing is compared with the defaults. ``sources``,
+    when given, is filled with where each key's value came from.
     """
-    from flowertune.config import check_keys, flat_defaults, from_flat
-    from flowertune.presets import preset_overrides
+    from flowertune.config import flat_defaults, from_flat, layer
 
-    check_keys(overrides)
     name = preset or str(overrides.get("preset", flat_defaults()["preset"]))
-    flat = {**preset_overrides(name), **overrides, "preset": name, "run.preset-applied": True}
+    flat, origin = layer(name, {k: v for k, v in overrides.items() if k != "preset"})
     cfg = from_flat(flat)
     path = Path(out).absolute() if out else default_run_path(cfg)
+    if sources is not None:
+        sources.update(origin)
+        sources["run.preset-applied"] = "flowertune run"
+        if preset or "preset" in overrides:
+            sources["preset"] = "user"
+        if out:
+            sources["run.output-dir"] = "user"
     return from_flat({**cfg.to_flat(), "run.output-dir": str(path), "run.preset-applied": True})
+
+
+def print_config(cfg: Config, sources: dict[str, str]) -> None:
+    """The resolved config, one key a line, with where each non-default value came from."""
+    defaults = Config().to_flat()
+    for k, v in cfg.to_flat().items():
+        origin = sources.get(k, "default")
+        mark = origin if (origin != "default" or v != defaults[k]) else ""
+        print(f"{k:55s} {toml_value(v):40s} {mark}")
 
 
 def app_dir() -> Path:
@@ -121,11 +137,15 @@ def ensure_connection(name: str, address: str, env: dict[str, str]) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    sources: dict[str, str] = {}
     try:
-        cfg = resolve_cli(args.preset, parse_overrides(args.run_config + args.overrides), args.out)
+        cfg = resolve_cli(args.preset, parse_overrides(args.run_config + args.overrides), args.out, sources)
     except (ConfigError, KeyError) as exc:
-        print(f"flowertune run: {exc}", file=sys.stderr)
+        print(f"flowertune run: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print_config(cfg, sources)
+        return 0
     num = args.num_supernodes or cfg.run.num_supernodes
     env = flwr_env()
     superlink = None
@@ -165,4 +185,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--num-supernodes", type=int, help="simulated SuperNodes (default: the preset's)")
     p.add_argument("--out", help="run directory (default ~/flowertune-runs/<time>-<preset>)")
     p.add_argument("--superlink", help="HOST:PORT of a running SuperLink (deployment mode)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and where each value came from (default/preset/user); run nothing")
     p.set_defaults(func=handle)

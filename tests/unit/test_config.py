@@ -2,7 +2,7 @@ import pytest
 import tomllib
 from flwr.common.config import flatten_dict
 
-from flowertune.config import ConfigError, flat_defaults, from_flat, pyproject_section, resolve
+from flowertune.config import ConfigError, flat_defaults, from_flat, layer, pyproject_section, resolve
 from flowertune.presets import PRESETS
 from tests.conftest import REPO
 
@@ -39,33 +39,54 @@ def test_wrong_type_and_bad_values_name_the_key():
         from_flat({"run.output-dir": "relative/dir"})
 
 
-def test_preset_layers_under_explicit_values():
-    base = flat_defaults()
-    med = resolve({**base, "preset": "medical"})
+def test_preset_layers_under_every_user_key_whatever_its_value():
+    med = from_flat(layer("medical", {})[0])
     assert med.model.quantization == 4 and med.run.num_supernodes == 20
     assert med.data.name == "flwrlabs/medical-meadow-medical-flashcards"
     assert med.strategy.fraction_train == 0.1
-    mine = resolve({**base, "preset": "medical", "model.lora.peft-lora-r": 16})
-    assert mine.adapter.r == 16 and mine.model.quantization == 4
+    # seed 001's r=8 under the medical preset; 8 is also the default and must still win over the preset's 32
+    flat, sources = layer("medical", {"model.lora.peft-lora-r": 8, "model.quantization": 0})
+    mine = from_flat(flat)
+    assert mine.adapter.r == 8 and mine.model.quantization == 0 and mine.adapter.alpha == 64
+    assert sources["model.lora.peft-lora-r"] == "user" and sources["model.lora.peft-lora-alpha"] == "preset"
+    assert sources["strategy.name"] == "default"
 
 
 def test_preset_applied_values_are_final():
-    # `flowertune run --preset medical model.quantization=0` must keep 0 even though 0 is the default
-    flat = resolve({**flat_defaults(), "preset": "medical"}).to_flat()
-    flat.update({"model.quantization": 0, "run.preset-applied": True})
+    # what `flowertune run --preset medical model.quantization=0` sends: 0 stays although it is the default
+    flat = from_flat(layer("medical", {"model.quantization": 0})[0]).to_flat()
+    assert flat["run.preset-applied"] is True
     assert resolve(flat).model.quantization == 0
+
+
+def test_plain_flwr_run_with_a_preset_must_apply_it_explicitly():
+    """Flower merges the pyproject defaults with the overrides, so the app cannot see what the user set."""
+    from flwr.common.config import parse_config_args
+
+    from flowertune.config import preset_run_config
+
+    with pytest.raises(ConfigError, match="flowertune presets --run-config medical"):
+        resolve({**flat_defaults(), "preset": "medical", "model.lora.peft-lora-r": 8})
+    # the documented way: flowertune layers preset + user keys into one --run-config text, parsed by Flower
+    text = preset_run_config("medical", {"model.lora.peft-lora-r": 8})
+    merged = {**flat_defaults(), **parse_config_args([text])}
+    cfg = resolve(merged)
+    assert cfg.adapter.r == 8 and cfg.adapter.alpha == 64 and cfg.model.quantization == 4
+    assert resolve({**flat_defaults(), "num-server-rounds": 5}).run.num_server_rounds == 5  # quickstart: as is
 
 
 def test_every_preset_resolves_and_leaderboard_sizes_match():
     sizes = {"medical": 20, "finance": 50, "code": 10, "general-nlp": 20, "quickstart": 4}
     for name in PRESETS.names():
-        cfg = resolve({**flat_defaults(), "preset": name})
+        cfg = from_flat(layer(name, {})[0])
         assert cfg.run.num_supernodes == sizes[name]
-    assert resolve({**flat_defaults(), "preset": "code"}).strategy.fraction_train == 0.2
+    assert from_flat(layer("code", {})[0]).strategy.fraction_train == 0.2
 
 
 def test_unknown_preset_lists_presets():
     with pytest.raises(KeyError, match="quickstart"):
+        layer("legal", {})
+    with pytest.raises(ConfigError, match="quickstart"):
         resolve({**flat_defaults(), "preset": "legal"})
 
 
@@ -85,6 +106,9 @@ def test_cli_user_values_equal_to_the_default_beat_the_preset():
     assert cfg.adapter.r == 8 and cfg.run.preset == "finance"
     assert cfg.data.name == "flwrlabs/fingpt-sentiment-train" and cfg.data.prompt_frame == "finance"  # unset: preset
     assert cfg.run.output_dir == "/tmp/flowertune-test-run" and cfg.run.preset_applied
+    sources: dict = {}
+    resolve_cli("finance", overrides, None, sources)
+    assert sources["model.quantization"] == "user" and sources["model.dtype"] == "preset"
     # what the ServerApp resolves from the run-config the CLI writes is the same config
     assert resolve(cfg.to_flat()) == cfg
     with pytest.raises(ConfigError, match="unknown config key"):
