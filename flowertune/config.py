@@ -27,7 +27,7 @@ def key(name: str, default: Scalar, help: str) -> Any:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = key("model.name", "embedded", "Hub id, local directory, .gguf file or 'embedded' (SmolLM2-135M-Instruct)")
-    quantization: int = key("model.quantization", 0, "0 (none), 4 (QLoRA NF4) or 8 bits; 4/8 need CUDA + bitsandbytes")
+    quantization: int = key("model.quantization", 0, "0 (none), 4 (QLoRA NF4, double quant) or 8 bits (bitsandbytes; CUDA or AVX2 CPU)")
     dtype: str = key("model.dtype", "auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA and AMX/AVX512-BF16 CPUs, else fp32)")
     gradient_checkpointing: bool = key("model.gradient-checkpointing", False, "trade compute for activation memory")
     attn_implementation: str = key("model.attn-implementation", "auto",
@@ -75,7 +75,7 @@ class TrainConfig:
     grad_accum: int = key("train.training-arguments.gradient-accumulation-steps", 1, "micro-batches per optimizer step")
     max_steps: int = key("train.training-arguments.max-steps", 10, "optimizer steps per client per round")
     warmup_steps: int = key("train.training-arguments.warmup-steps", 0, "linear warmup steps within a round")
-    optim: str = key("train.training-arguments.optim", "adamw_torch", "adamw_torch | paged_adamw_8bit (CUDA)")
+    optim: str = key("train.training-arguments.optim", "adamw_torch", "adamw_torch | adamw_8bit | paged_adamw_8bit (bitsandbytes; paged on CUDA, plain 8-bit on CPU)")
     weight_decay: float = key("train.training-arguments.weight-decay", 0.0, "AdamW weight decay")
     max_grad_norm: float = key("train.training-arguments.max-grad-norm", 1.0, "gradient clipping (0 = off)")
     seed: int = key("train.training-arguments.seed", 42, "seed of local training")
@@ -281,7 +281,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(msg)
 
     need(cfg.run.num_server_rounds >= 1, "num-server-rounds must be >= 1")
-    need(cfg.model.quantization in (0, 4, 8), "model.quantization must be 0, 4 or 8")
+    need(cfg.model.quantization in (0, 4, 8),
+         f"model.quantization must be 0 (none), 4 (QLoRA NF4) or 8 bits (got {cfg.model.quantization})")
+    need(cfg.train.optim in ("adamw_torch", "adamw_8bit", "paged_adamw_8bit"),
+         f"train.training-arguments.optim={cfg.train.optim!r} is not valid; choose adamw_torch, adamw_8bit or "
+         "paged_adamw_8bit")
     need(cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"),
          "model.dtype must be auto, float32, bfloat16 or float16")
     need(cfg.adapter.r >= 1, "model.lora.peft-lora-r must be >= 1")

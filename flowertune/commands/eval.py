@@ -36,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     parser.add_argument("--quantization", type=int, default=0, choices=(0, 4, 8),
-                        help="load the base model in 4/8 bits (CUDA; the leaderboard evaluates with 4)")
+                        help="load the base model in 4/8 bits (bitsandbytes, CUDA or CPU; the leaderboard evaluates with 4)")
     parser.add_argument("--out", type=Path, help="output directory (default with --run: <run>/eval)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -146,6 +146,14 @@ def handle(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(cfg, sources)
         return 0
+    if not args.superlink:  # simulated clients run on this machine: what they would fail on, fail now
+        from flowertune.models.load import check_quantization
+
+        try:
+            check_quantization(cfg.model.quantization)
+        except ConfigError as exc:
+            print(f"flowertune run: {exc}", file=sys.stderr)
+            return 2
     num = args.num_supernodes or cfg.run.num_supernodes
     env = flwr_env()
     superlink = None

@@ -26,21 +26,42 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return training_dtype(name, device)
 
 
-def quantization_config(bits: int, compute_dtype: torch.dtype) -> Any:
-    """The QLoRA recipe for 4 bits (NF4, double quant, bf16 compute); plain int8 for 8 bits."""
+def check_quantization(bits: int, device: torch.device | None = None) -> None:
+    """Fail early, naming the machine, the setting and the fix, where a 4/8-bit base cannot run here.
+
+    bitsandbytes runs NF4 (with double quantization) and int8 on CUDA and on x86 CPUs with AVX2 or better
+    (its CPU backend since 0.47; 8-bit optimizers on CPU since 0.50).
+    """
+    if bits == 0:
+        return
+    if bits not in (4, 8):
+        raise ConfigError(f"model.quantization must be 0, 4 or 8 (got {bits})")
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise ConfigError(f"model.quantization={bits} needs bitsandbytes; pip install 'bitsandbytes==0.50.2' "
+                          "(a flowertune dependency: reinstall with scripts/setup.sh)") from exc
+    from packaging.version import Version
+
+    device = device or pick_device()
+    if device.type == "cpu":
+        if Version(bnb.__version__) < Version("0.47"):
+            raise ConfigError(f"model.quantization={bits} on a CPU needs bitsandbytes >= 0.47 (installed: "
+                              f"{bnb.__version__}); pip install 'bitsandbytes==0.50.2'")
+        capability = torch.backends.cpu.get_cpu_capability()
+        if capability not in ("AVX2", "AVX512"):
+            import platform
+
+            raise ConfigError(f"model.quantization={bits} needs a CUDA GPU or an x86 CPU with AVX2; this machine "
+                              f"({platform.machine()}, CPU capability {capability}) has neither. "
+                              "Set model.quantization=0 to train the full-precision base model here.")
+
+
+def quantization_config(bits: int, compute_dtype: torch.dtype, device: torch.device | None = None) -> Any:
+    """The QLoRA recipe for 4 bits (NF4, double quant, compute in the training dtype); int8 for 8 bits."""
     if bits == 0:
         return None
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"model.quantization={bits} needs a CUDA GPU with bitsandbytes; this machine has none. "
-            "Set model.quantization=0 to train the full-precision base model on the CPU."
-        )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(
-            f"model.quantization={bits} needs bitsandbytes: pip install 'flowertune[gpu]'"
-        ) from exc
+    check_quantization(bits, device)
     from transformers import BitsAndBytesConfig
 
     if bits == 4:
@@ -95,7 +116,7 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Any:
 
     device = device or pick_device()
     dtype = pick_dtype(cfg.dtype, device)
-    qcfg = quantization_config(cfg.quantization, dtype)
+    qcfg = quantization_config(cfg.quantization, dtype, device)
     path = local_path(cfg.name)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
@@ -104,7 +125,7 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Any:
     }
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
-        kwargs["device_map"] = {"": device.index or 0}
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:

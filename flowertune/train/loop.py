@@ -43,17 +43,29 @@ def pack_length_for(model: Any) -> int | None:
     return None if uses_segments(model) else PACK_LENGTH
 
 
+_SAID_8BIT_ON_CPU = False
+
+
 def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW, or bitsandbytes' paged 8-bit AdamW on CUDA (the leaderboard recipe)."""
+    """AdamW, or bitsandbytes' 8-bit AdamW: paged on CUDA (the leaderboard recipe), plain on CPU.
+
+    Paging moves optimizer state between GPU and host memory; on a CPU there is nothing to page to, so
+    ``paged_adamw_8bit`` there is bitsandbytes' ``AdamW8bit`` (the same update), said once in the log.
+    """
+    global _SAID_8BIT_ON_CPU
     if cfg.optim == "adamw_torch":
         return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    if cfg.optim == "paged_adamw_8bit":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.training-arguments.optim='paged_adamw_8bit' needs CUDA; use 'adamw_torch'")
+    if cfg.optim in ("paged_adamw_8bit", "adamw_8bit"):
         import bitsandbytes as bnb
 
-        return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"unknown optimizer {cfg.optim!r}; valid: adamw_torch, paged_adamw_8bit")
+        on_cuda = any(p.is_cuda for p in params)
+        if cfg.optim == "paged_adamw_8bit" and on_cuda:
+            return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=cfg.weight_decay)
+        if cfg.optim == "paged_adamw_8bit" and not _SAID_8BIT_ON_CPU:
+            log.info("optim=paged_adamw_8bit on CPU: using bitsandbytes AdamW8bit (paging is CUDA-only)")
+            _SAID_8BIT_ON_CPU = True
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"unknown optimizer {cfg.optim!r}; valid: adamw_torch, adamw_8bit, paged_adamw_8bit")
 
 
 def batch_order(n_examples: int, batch_size: int, n_batches: int, seed: int) -> list[list[int]]:

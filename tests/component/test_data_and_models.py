@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from flowertune.config import ConfigError, DataConfig, ModelConfig
 from flowertune.data.load import DataLoadError, load_local, load_partition, split_validation
@@ -68,6 +69,8 @@ def test_unreachable_hub_id_offline_says_what_to_do(monkeypatch):
     assert "nobody/does-not-exist-7b" in str(exc.value) and "local directory" in str(exc.value)
 
 
-def test_quantization_on_cpu_is_a_clear_error():
-    with pytest.raises(ConfigError, match="model.quantization=0"):
-        quantization_config(4, None)
+def test_quantization_needs_avx2_on_a_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    with pytest.raises(ConfigError, match=r"model.quantization=4 needs a CUDA GPU or an x86 CPU with AVX2.*"
+                                          r"Set model.quantization=0"):
+        quantization_config(4, torch.float32, torch.device("cpu"))

@@ -105,3 +105,30 @@ def test_compressed_wire_through_the_real_runtime(tmp_path, tiny_model_dir, tiny
     # first contact: the full adapter in fp16 (about half of fp32: Flower counts a small per-array overhead)
     assert 0.4 < rows[1]["bytes_down"] / fp32_rows[1]["bytes_down"] < 0.6
     assert all(r["bytes_down"] == r["bytes_up"] for r in rows[2:])  # then int8 deltas, as on the uplink
+
+
+def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_default(
+        tmp_path, tiny_model_dir, tiny_data_file):
+    """Entry path `flwr run . --run-config "$(flowertune presets --run-config medical k=v ...)"`: r=8 is the
+    default and the medical preset says 32; the user's 8 wins, the preset's alpha 64 stays."""
+    from tests.conftest import REPO
+
+    home, out = tmp_path / "home", tmp_path / "plain"
+    env = {**isolated_env(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    user = [*tiny_overrides(tiny_model_dir, tiny_data_file, **{"num-server-rounds": 1}), "model.lora.peft-lora-r=8",
+            "model.quantization=0", "model.dtype=\"float32\"", "model.gradient-checkpointing=false",
+            "train.training-arguments.optim=\"adamw_torch\"", f"run.output-dir=\"{out}\"", "strategy.fraction-evaluate=1.0",
+            "strategy.min-train-nodes=2", "strategy.min-available-nodes=2"]
+    text = subprocess.run([str(BIN / "flowertune"), "presets", "--run-config", "medical", *user], env=env,
+                          capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+    try:
+        proc = subprocess.run([str(BIN / "flwr"), "run", str(REPO), "--run-config", text, "--stream",
+                               "--federation-config", "num-supernodes=2"], env=env, capture_output=True, text=True,
+                              timeout=900, check=False)
+    finally:
+        kill_processes_mentioning(str(home))
+    assert proc.returncode == 0 and (out / "summary.json").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    cfg = read_config(out)
+    assert cfg["preset"] == "medical" and cfg["model.lora.peft-lora-r"] == 8 and cfg["model.lora.peft-lora-alpha"] == 64
+    adapter = json.loads((out / "final_adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["lora_alpha"] == 64
