@@ -1,4 +1,4 @@
-"""The ``flowertune`` command: run, eval, leaderboard, keys, presets, build-data."""
+"""The ``flowertune`` command: run, eval, leaderboard, keys, presets, recipes, build-data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("run", "eval", "leaderboard", "keys", "build_data")
+COMMANDS = ("run", "eval", "leaderboard", "keys", "recipes", "build_data")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,7 +74,13 @@ class TrainConfig:
     batch_size: int = key("train.training-arguments.per-device-train-batch-size", 4, "examples per micro-batch")
     grad_accum: int = key("train.training-arguments.gradient-accumulation-steps", 1, "micro-batches per optimizer step")
     max_steps: int = key("train.training-arguments.max-steps", 10, "optimizer steps per client per round")
+    num_train_epochs: int = key("train.training-arguments.num-train-epochs", 0,
+                                "local epochs: > 0 runs that many passes over the client's training split per round "
+                                "instead of max-steps (unlike transformers, where max-steps wins); 0 = max-steps")
     warmup_steps: int = key("train.training-arguments.warmup-steps", 0, "linear warmup steps within a round")
+    lr_scheduler_type: str = key("train.training-arguments.lr-scheduler-type", "constant",
+                                 "learning rate within a round after the warmup: constant | cosine | linear "
+                                 "(decay towards 0 at the round's last step, as transformers' schedulers)")
     optim: str = key("train.training-arguments.optim", "adamw_torch", "adamw_torch | adamw_8bit | paged_adamw_8bit (bitsandbytes; paged on CUDA, plain 8-bit on CPU)")
     weight_decay: float = key("train.training-arguments.weight-decay", 0.0, "AdamW weight decay")
     max_grad_norm: float = key("train.training-arguments.max-grad-norm", 1.0, "gradient clipping (0 = off)")
@@ -115,6 +121,9 @@ class RunConfig:
                              "in a fresh process, i.e. deployment) | on | off")
     preset_applied: bool = key("run.preset-applied", False,
                                "the values already include the preset (set by `flowertune run`; no re-layering)")
+    recipe: str = key("run.recipe", "",
+                      "recipe the values were layered from ('' = none; set by `flowertune run --recipe`, "
+                      "see `flowertune recipes`)")
 
 
 @dataclass(frozen=True)
@@ -223,28 +232,53 @@ def from_flat(flat: Mapping[str, Any]) -> Config:
     return cfg
 
 
-def layer(preset: str, user: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Defaults < preset < every key in ``user`` (whatever its value): the materialised flat config and
-    the source of each key (``default`` / ``preset`` / ``user``). Marked ``run.preset-applied``."""
+def layer(preset: str | None, user: Mapping[str, Any],
+          recipe: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Defaults < preset < recipe < every key in ``user`` (whatever its value): the materialised flat config
+    and the source of each key (``default`` / ``preset`` / ``recipe`` / ``user``). Marked ``run.preset-applied``.
+
+    ``recipe`` is a recipe name or the path of a recipe ``.toml`` file (:mod:`flowertune.recipes`); it names
+    its preset, which ``preset`` (when given) replaces. Without either the preset is ``quickstart``. A
+    ``preset`` or ``run.recipe`` key in ``user`` counts as the argument of that name.
+    """
     from flowertune.presets import preset_overrides
 
     check_keys(user)
+    preset = preset or (str(user["preset"]) if user.get("preset") else None)
+    recipe = recipe or (str(user["run.recipe"]) if user.get("run.recipe") else None)
+    user = {k: v for k, v in user.items() if k not in ("preset", "run.recipe")}
+    chosen = None
+    if recipe:
+        from flowertune.recipes import get_recipe
+
+        chosen = get_recipe(recipe)
+    name = preset or (chosen.preset if chosen else str(flat_defaults()["preset"]))
     flat: dict[str, Any] = dict(flat_defaults())
     sources = dict.fromkeys(flat, "default")
-    for layer_name, values in (("preset", preset_overrides(preset)), ("user", user)):
+    recipe_keys: Mapping[str, Any] = chosen.keys if chosen else {}
+    for layer_name, values in (("preset", preset_overrides(name)), ("recipe", recipe_keys), ("user", user)):
         for k, v in values.items():
             flat[k], sources[k] = v, layer_name
-    flat["preset"], flat["run.preset-applied"] = preset, True
+    flat["preset"], flat["run.preset-applied"] = name, True
+    if preset:
+        sources["preset"] = "user"
+    if chosen is not None:
+        if not preset:
+            sources["preset"] = "recipe"
+        # a recipe file is recorded by its absolute path: the run directory must say what it ran
+        flat["run.recipe"] = str(chosen.path) if str(recipe).endswith(".toml") else chosen.name
+        sources["run.recipe"] = "recipe"
     return flat, sources
 
 
-def preset_run_config(name: str, user: Mapping[str, Any] | None = None) -> str:
-    """Preset ``name`` with the user's keys on top, as one ``--run-config`` key=value text for plain ``flwr run``.
+def preset_run_config(name: str | None, user: Mapping[str, Any] | None = None, recipe: str | None = None) -> str:
+    """Preset ``name`` (or ``recipe`` on its preset) with the user's keys on top, as one ``--run-config``
+    key=value text for plain ``flwr run``.
 
     One string with each key once: Flower merges several ``--run-config`` strings per top-level table (a
     later ``model.x=...`` drops every earlier ``model.*`` key), and TOML rejects a key given twice.
     """
-    flat, sources = layer(name, dict(user or {}))
+    flat, sources = layer(name, dict(user or {}), recipe)
     keep = [k for k in flat if sources[k] != "default" or k in ("preset", "run.preset-applied")]
     return " ".join(f"{k}={toml_value(flat[k])}" for k in keep)
 
@@ -261,7 +295,14 @@ def resolve(run_config: Mapping[str, Any]) -> Config:
     """
     check_keys(run_config)
     name = str(run_config.get("preset", "quickstart"))
-    if run_config.get("run.preset-applied") is True or name == "quickstart":
+    applied = run_config.get("run.preset-applied") is True
+    recipe = str(run_config.get("run.recipe", ""))
+    if recipe and not applied:
+        raise ConfigError(
+            f"run.recipe={recipe!r} under plain `flwr run` is not layered; use `flowertune run --recipe {recipe} "
+            f"key=value ...`, or flwr run . --run-config \"$(flowertune presets --recipe {recipe} key=value ...)\""
+        )
+    if applied or name == "quickstart":
         return from_flat(run_config)
     from flowertune.presets import PRESETS
 
@@ -294,7 +335,15 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.strategy.fraction_evaluate <= 1.0, "strategy.fraction-evaluate must be in [0, 1]")
     need(cfg.strategy.min_train_nodes >= 1, "strategy.min-train-nodes must be >= 1")
     need(cfg.strategy.proximal_mu >= 0.0, "strategy.proximal-mu must be >= 0")
-    need(cfg.train.max_steps >= 1, "train.training-arguments.max-steps must be >= 1")
+    need(cfg.train.num_train_epochs >= 0, "train.training-arguments.num-train-epochs must be >= 0 (0 = use max-steps)")
+    need(cfg.train.max_steps >= 1 or cfg.train.num_train_epochs > 0,
+         "train.training-arguments.max-steps must be >= 1 (or set train.training-arguments.num-train-epochs > 0)")
+    need(cfg.train.warmup_steps >= 0, "train.training-arguments.warmup-steps must be >= 0")
+    from flowertune.train.schedule import IN_ROUND_SCHEDULES
+
+    need(cfg.train.lr_scheduler_type in IN_ROUND_SCHEDULES,
+         f"train.training-arguments.lr-scheduler-type={cfg.train.lr_scheduler_type!r} is not valid; choose "
+         f"{', '.join(IN_ROUND_SCHEDULES)} (train.training-arguments.warmup-steps applies to each)")
     need(cfg.train.batch_size >= 1, "train.training-arguments.per-device-train-batch-size must be >= 1")
     need(cfg.train.grad_accum >= 1, "train.training-arguments.gradient-accumulation-steps must be >= 1")
     need(cfg.train.seq_length >= 16, "train.seq-length must be >= 16")

@@ -20,12 +20,12 @@ def handle_keys(args: argparse.Namespace) -> int:
 
 
 def handle_presets(args: argparse.Namespace) -> int:
-    if args.run_config:
+    if args.run_config or args.recipe:
         from flowertune.commands.run import parse_overrides
         from flowertune.config import ConfigError, preset_run_config
 
         try:
-            print(preset_run_config(args.run_config, parse_overrides(args.overrides)))
+            print(preset_run_config(args.run_config, parse_overrides(args.overrides), args.recipe))
         except (KeyError, ConfigError) as exc:
             print(f"flowertune presets: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
             return 2
@@ -45,5 +45,8 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--run-config", metavar="NAME",
                    help="print preset NAME with your key=value overrides on top as one --run-config text for plain "
                         "`flwr run` (your keys win whatever their value)")
-    q.add_argument("overrides", nargs="*", help="with --run-config: your key=value overrides")
+    q.add_argument("--recipe", metavar="RECIPE",
+                   help="print recipe RECIPE (on its preset, or on --run-config NAME) with your overrides on top as "
+                        "one --run-config text for plain `flwr run` (see `flowertune recipes`)")
+    q.add_argument("overrides", nargs="*", help="with --run-config or --recipe: your key=value overrides")
     q.set_defaults(func=handle_presets)

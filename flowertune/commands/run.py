@@ -49,24 +49,22 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def resolve_cli(preset: str | None, overrides: dict[str, Any], out: str | None,
-                sources: dict[str, str] | None = None) -> Config:
-    """Layer defaults < preset < every key the user set (whatever its value), and fix the run directory.
+                sources: dict[str, str] | None = None, recipe: str | None = None) -> Config:
+    """Layer defaults < preset < recipe < every key the user set (whatever its value), and fix the run directory.
 
     The CLI knows which keys the user set, so it layers them itself and hands Flower a fully
-    materialised config (``run.preset-applied``): nothing is compared with the defaults. ``sources``,
-    when given, is filled with where each key's value came from.
+    materialised config (``run.preset-applied``): nothing is compared with the defaults. ``recipe`` (or a
+    ``run.recipe`` key) names a recipe, which brings its preset unless ``preset`` (or a ``preset`` key) is
+    given. ``sources``, when given, is filled with where each key's value came from.
     """
-    from flowertune.config import flat_defaults, from_flat, layer
+    from flowertune.config import from_flat, layer
 
-    name = preset or str(overrides.get("preset", flat_defaults()["preset"]))
-    flat, origin = layer(name, {k: v for k, v in overrides.items() if k != "preset"})
+    flat, origin = layer(preset, overrides, recipe)
     cfg = from_flat(flat)
     path = Path(out).absolute() if out else default_run_path(cfg)
     if sources is not None:
         sources.update(origin)
         sources["run.preset-applied"] = "flowertune run"
-        if preset or "preset" in overrides:
-            sources["preset"] = "user"
         if out:
             sources["run.output-dir"] = "user"
     return from_flat({**cfg.to_flat(), "run.output-dir": str(path), "run.preset-applied": True})
@@ -139,7 +137,8 @@ def ensure_connection(name: str, address: str, env: dict[str, str]) -> None:
 def handle(args: argparse.Namespace) -> int:
     sources: dict[str, str] = {}
     try:
-        cfg = resolve_cli(args.preset, parse_overrides(args.run_config + args.overrides), args.out, sources)
+        cfg = resolve_cli(args.preset, parse_overrides(args.run_config + args.overrides), args.out, sources,
+                          args.recipe)
     except (ConfigError, KeyError) as exc:
         print(f"flowertune run: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
@@ -163,7 +162,8 @@ def handle(args: argparse.Namespace) -> int:
     run_path = Path(cfg.run.output_dir)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = flwr_command(cfg, write_run_config(cfg, Path(tmp)), num, superlink)
-        print(f"flowertune run: preset {cfg.run.preset}, {cfg.run.num_server_rounds} rounds, "
+        what = f"recipe {cfg.run.recipe} (preset {cfg.run.preset})" if cfg.run.recipe else f"preset {cfg.run.preset}"
+        print(f"flowertune run: {what}, {cfg.run.num_server_rounds} rounds, "
               f"{'deployment ' + args.superlink if superlink else f'{num} simulated SuperNodes'} -> {run_path}",
               flush=True)
         rc = subprocess.call(cmd, env=env)
@@ -187,12 +187,16 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="run a federated fine-tuning (simulation or deployment)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="config overrides key=value (see `flowertune keys`)")
-    p.add_argument("--preset", help="quickstart (default) | medical | finance | code | general-nlp")
+    p.add_argument("--preset", help="quickstart (default) | medical | finance | code | general-nlp; with --recipe, "
+                                    "replaces the recipe's preset")
+    p.add_argument("--recipe", help="a leaderboard submission's settings by name (see `flowertune recipes`) or the "
+                                    "path of a recipe .toml; layered over its preset, under your overrides")
     p.add_argument("--run-config", "-c", action="append", default=[],
                    help="'k1=v1 k2=v2' or a TOML file; repeatable (same keys as pyproject)")
     p.add_argument("--num-supernodes", type=int, help="simulated SuperNodes (default: the preset's)")
-    p.add_argument("--out", help="run directory (default ~/flowertune-runs/<time>-<preset>)")
+    p.add_argument("--out", help="run directory (default ~/flowertune-runs/<time>-<recipe or preset>)")
     p.add_argument("--superlink", help="HOST:PORT of a running SuperLink (deployment mode)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config and where each value came from (default/preset/user); run nothing")
+                   help="print the resolved config and where each value came from (default/preset/recipe/user); "
+                        "run nothing")
     p.set_defaults(func=handle)

@@ -31,9 +31,11 @@ FINAL = "final_adapter"
 
 
 def default_run_path(cfg: Config) -> Path:
-    """``~/flowertune-runs/<UTC time>-<preset>`` (absolute: the server's cwd is the SuperLink's)."""
+    """``~/flowertune-runs/<UTC time>-<recipe or preset>`` (absolute: the server's cwd is the SuperLink's)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return Path.home() / "flowertune-runs" / f"{stamp}-{cfg.run.preset}"
+    # a recipe given as a file path is named by its file name
+    label = Path(cfg.run.recipe).stem if cfg.run.recipe else cfg.run.preset
+    return Path.home() / "flowertune-runs" / f"{stamp}-{label}"
 
 
 def _versions() -> dict[str, str]:

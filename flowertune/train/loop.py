@@ -1,7 +1,9 @@
 """One round of local training, read top to bottom (nanoGPT style).
 
 AdamW (or paged 8-bit AdamW on CUDA) over the adapter parameters, gradient accumulation weighted by
-target-token counts, linear warmup, gradient clipping, and the FedProx proximal term when mu > 0.
+target-token counts, linear warmup then a constant/cosine/linear learning rate within the round, gradient
+clipping, and the FedProx proximal term when mu > 0. A round is ``max-steps`` optimizer steps, or
+``num-train-epochs`` whole passes over the client's training examples.
 The optimizer is created per round: the global adapter changes between rounds, so stale moments
 from the previous round would point the wrong way.
 """
@@ -22,7 +24,7 @@ from flowertune.config import ConfigError, TrainConfig
 from flowertune.train.attention import uses_segments
 from flowertune.train.batching import PACK_LENGTH, Example, collate, count_real_tokens
 from flowertune.train.loss import causal_lm_loss
-from flowertune.train.schedule import warmup_factor
+from flowertune.train.schedule import in_round_factor, round_steps
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +70,22 @@ def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: TrainConfig, lr: f
     raise ConfigError(f"unknown optimizer {cfg.optim!r}; valid: adamw_torch, adamw_8bit, paged_adamw_8bit")
 
 
-def batch_order(n_examples: int, batch_size: int, n_batches: int, seed: int) -> list[list[int]]:
-    """Example indices for ``n_batches`` micro-batches: seeded shuffled epochs, repeated as needed."""
+def batch_order(n_examples: int, batch_size: int, n_batches: int, seed: int,
+                n_draws: int | None = None) -> list[list[int]]:
+    """Example indices for ``n_batches`` micro-batches: seeded shuffled epochs, repeated as needed.
+
+    ``n_draws`` caps the examples drawn (``epochs * n_examples`` for whole passes, each example exactly
+    ``epochs`` times): the last micro-batch is then partial and micro-batches past the cap are left out. The
+    draws are a prefix of the uncapped order for the same seed.
+    """
+    total = n_batches * batch_size if n_draws is None else min(n_draws, n_batches * batch_size)
     rng = random.Random(seed)
     order: list[int] = []
-    while len(order) < n_batches * batch_size:
+    while len(order) < total:
         epoch = list(range(n_examples))
         rng.shuffle(epoch)
         order.extend(epoch)
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    return [order[i:min(i + batch_size, total)] for i in range(0, total, batch_size)]
 
 
 def proximal_term(params: Sequence[torch.nn.Parameter], anchors: Sequence[torch.Tensor], mu: float) -> torch.Tensor:
@@ -86,21 +95,28 @@ def proximal_term(params: Sequence[torch.nn.Parameter], anchors: Sequence[torch.
 
 def train_round(model: Any, examples: Sequence[Example], cfg: TrainConfig, lr: float, pad_id: int,
                 seed: int, proximal_mu: float = 0.0) -> RoundResult:
-    """Run ``cfg.max_steps`` optimizer steps on ``examples``; the model is updated in place."""
+    """Run one local round on ``examples`` (:func:`round_steps` optimizer steps); the model is updated in place.
+
+    ``lr`` is the round's peak learning rate (cosine over rounds); within the round it follows
+    ``cfg.lr_scheduler_type`` after ``cfg.warmup_steps`` of linear warmup.
+    """
     if not examples:
         raise ValueError("this client has no training examples; give it more data or fewer partitions")
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     optimizer = make_optimizer(params, cfg, lr)
-    batches = batch_order(len(examples), cfg.batch_size, cfg.max_steps * cfg.grad_accum, seed)
+    steps = round_steps(cfg, len(examples))
+    # epochs: exactly that many passes, so the last step may be short; max-steps: full steps, repeating examples
+    n_draws = len(examples) * cfg.num_train_epochs if cfg.num_train_epochs > 0 else None
+    batches = batch_order(len(examples), cfg.batch_size, steps * cfg.grad_accum, seed, n_draws)
 
     model.train()
     t0 = time.perf_counter()
     total_loss, total_targets, real_tokens = 0.0, 0, 0
-    for step in range(cfg.max_steps):
+    for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr * warmup_factor(step, cfg.warmup_steps)
+            group["lr"] = lr * in_round_factor(cfg.lr_scheduler_type, step, steps, cfg.warmup_steps)
         micro = [collate([examples[i] for i in idx], pad_id, pack_length=pack_length_for(model)) for idx in
                  batches[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]]
         micro = [{k: v.to(device) for k, v in b.items()} for b in micro]
@@ -121,7 +137,7 @@ def train_round(model: Any, examples: Sequence[Example], cfg: TrainConfig, lr: f
     loss = total_loss / max(total_targets, 1)
     if not math.isfinite(loss):
         log.warning("local training produced a non-finite loss (%s)", loss)
-    return RoundResult(loss=loss, steps=cfg.max_steps, examples=cfg.max_steps * cfg.grad_accum * cfg.batch_size,
+    return RoundResult(loss=loss, steps=steps, examples=sum(len(b) for b in batches),
                        real_tokens=real_tokens, seconds=time.perf_counter() - t0)
 
 

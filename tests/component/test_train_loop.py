@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flowertune.config import AdapterConfig, ModelConfig, TrainConfig
-from flowertune.data.tokenize import build_example
+from flowertune.data.formats import Record
+from flowertune.data.frames import FRAMES
 from flowertune.models.adapter import attach_adapter, get_arrays
 from flowertune.train.loop import batch_order, evaluate_loss, train_round
 
@@ -15,8 +16,8 @@ def setup(model_dir):
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     model = attach_adapter(base, AdapterConfig(r=8, alpha=16, dropout=0.0, target_modules="q_proj,v_proj,o_proj"),
                            ModelConfig(name=str(model_dir)))
-    examples = [build_example(tok, f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", 64)
-                for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
+    examples = [FRAMES.get("auto").example(tok, Record(q, "", f"{a} plus {b} is {a + b}.", q), 64)
+                for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)] for q in [f"What is {a} plus {b}?"]]
     return model, tok, examples
 
 
