@@ -99,7 +99,11 @@ def handler(args: argparse.Namespace) -> int:
     except ValueError:
         pass  # only benchmarks outside any challenge were run
     for name, res in results.items():
-        print(f"{name}: score {res['score']:.2f}  n {res['n']}  {res['seconds']:.1f} s  {res['items_per_s']} items/s")
+        ends = f"  ended at EOS {res['ended_at_eos_pct']:.1f}%" if "ended_at_eos_pct" in res else ""
+        if "eos_after_answer_pct" in res:
+            ends += f" ({res['eos_after_answer_pct']:.1f}% within 3 tokens of the answer)"
+        print(f"{name}: score {res['score']:.2f}  n {res['n']}  {res['seconds']:.1f} s  {res['items_per_s']} items/s"
+              + ends)
     return 0
 
 
