@@ -1,0 +1,37 @@
+"""The quickstart as 4-bit QLoRA on the CPU (NF4 + double quant base, kbit preparation, 8-bit AdamW), then
+`flowertune eval --quantization 4` on one benchmark of each suite."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning, read_jsonl
+
+
+@pytest.mark.slow
+def test_4bit_quickstart_lowers_the_held_out_loss_and_evaluates_in_4bit(tmp_path, real_data_dir):
+    home, out = tmp_path / "home", tmp_path / "qlora"
+    env = isolated_env(home)
+    try:
+        proc = subprocess.run([str(BIN / "flowertune"), "run", "--out", str(out), "model.quantization=4",
+                               "train.training-arguments.optim=paged_adamw_8bit"], env=env, capture_output=True,
+                              text=True, timeout=1500, check=False)
+    finally:
+        kill_processes_mentioning(str(home))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert rows[3]["eval_loss"] < rows[0]["eval_loss"], [r["eval_loss"] for r in rows]
+    adapter = json.loads((out / "final_adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 8
+    names = "pubmedqa,fpb,mmlu,humaneval"
+    proc = subprocess.run([str(BIN / "flowertune"), "eval", "--run", str(out), "--benchmarks", names, "--limit", "2",
+                           "--quantization", "4", "--batch-size", "2", "--data-dir", str(real_data_dir),
+                           "--no-progress"], env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "4-bit" in proc.stderr  # the base model was loaded in 4 bits
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert sorted(results) == sorted(names.split(",")) and all(r["n"] == 2 for r in results.values())
+    print(f"\n4-bit quickstart: eval loss {rows[0]['eval_loss']:.4f} -> {rows[3]['eval_loss']:.4f}, "
+          f"round {rows[1]['round_s']:.0f} s, client peak RSS {rows[3]['client_peak_rss_mb']:.0f} MB")
