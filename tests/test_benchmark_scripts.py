@@ -12,7 +12,8 @@ SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if not p.nam
 
 
 def test_there_are_benchmark_scripts():
-    assert {"train_speed.py", "round_speed.py", "wire_bytes.py", "wire_quality.py", "eval_speed.py", "gpu_train.py"} <= set(SCRIPTS)
+    assert {"train_speed.py", "round_speed.py", "wire_bytes.py", "wire_quality.py", "eval_speed.py", "gpu_train.py",
+            "quant_train.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.slow
