@@ -140,6 +140,7 @@ def base_eval(args: argparse.Namespace, ch: dict[str, Any], out: Path) -> dict[s
 def constant_scores(ch: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Accuracy of always giving the most frequent gold answer of each evaluation split (an upper bound on
     any constant answer), with the protocol's own correctness rule."""
+    import flowertune.eval.benchmarks  # noqa: F401  (registers them)
     from flowertune.eval.benchmark import BENCHMARKS, SUITES
 
     out = {}
