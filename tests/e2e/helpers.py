@@ -57,3 +57,21 @@ def tiny_overrides(model_dir: Path, data: Path, **extra: object) -> list[str]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_flowertune(home: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    """``flowertune ARGS`` with a private FLOWERTUNE_HOME; the Flower processes it started are stopped after."""
+    try:
+        return subprocess.run([str(BIN / "flowertune"), *args], env=isolated_env(home), capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    finally:
+        kill_processes_mentioning(str(home))
+
+
+def assert_quickstart_loss_falls(proc: subprocess.CompletedProcess, out: Path) -> list[dict]:
+    """The run succeeded with rounds 0-3 and its held-out loss at round 3 is below round 0; returns the rows."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert rows[3]["eval_loss"] < rows[0]["eval_loss"], [r["eval_loss"] for r in rows]
+    return rows

@@ -6,23 +6,16 @@ import subprocess
 
 import pytest
 
-from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning, read_jsonl
+from tests.e2e.helpers import BIN, assert_quickstart_loss_falls, isolated_env, run_flowertune
 
 
 @pytest.mark.slow
 def test_4bit_quickstart_lowers_the_held_out_loss_and_evaluates_in_4bit(tmp_path, real_data_dir):
     home, out = tmp_path / "home", tmp_path / "qlora"
     env = isolated_env(home)
-    try:
-        proc = subprocess.run([str(BIN / "flowertune"), "run", "--out", str(out), "model.quantization=4",
-                               "train.training-arguments.optim=paged_adamw_8bit"], env=env, capture_output=True,
-                              text=True, timeout=1500, check=False)
-    finally:
-        kill_processes_mentioning(str(home))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = read_jsonl(out / "metrics.jsonl")
-    assert [r["round"] for r in rows] == [0, 1, 2, 3]
-    assert rows[3]["eval_loss"] < rows[0]["eval_loss"], [r["eval_loss"] for r in rows]
+    proc = run_flowertune(home, "run", "--out", str(out), "model.quantization=4",
+                          "train.training-arguments.optim=paged_adamw_8bit")
+    rows = assert_quickstart_loss_falls(proc, out)
     adapter = json.loads((out / "final_adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 8
     names = "pubmedqa,fpb,mmlu,humaneval"
