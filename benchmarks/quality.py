@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run (not a measurement)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.steps, args.batch, args.nodes, args.limit = 1, 1, 2, 4, args.limit or 8
+        args.rounds, args.steps, args.batch, args.nodes, args.limit = 1, 1, 2, 4, args.limit or 2
         args.variants = args.variants if "--variants" in (argv or sys.argv) else "constant,fed-iid"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.data_dir = args.data_dir.absolute()
