@@ -113,3 +113,22 @@ def test_cli_user_values_equal_to_the_default_beat_the_preset():
     assert resolve(cfg.to_flat()) == cfg
     with pytest.raises(ConfigError, match="unknown config key"):
         resolve_cli("finance", {"model.nam": "x"}, None)
+
+
+def test_toml_file_value_equal_to_the_default_beats_the_preset(tmp_path):
+    from flowertune.commands.run import parse_overrides, resolve_cli
+
+    path = tmp_path / "mine.toml"
+    path.write_text("[model.lora]\npeft-lora-r = 8\n[model]\nquantization = 0\n")
+    cfg = resolve_cli("medical", parse_overrides([str(path)]), None)
+    assert cfg.adapter.r == 8 and cfg.model.quantization == 0 and cfg.adapter.alpha == 64
+
+
+def test_dry_run_prints_each_value_with_its_source(capsys):
+    from flowertune.cli import main
+
+    assert main(["run", "--preset", "medical", "--dry-run", "model.lora.peft-lora-r=8"]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert lines["model.lora.peft-lora-r"][1:] == ["8", "user"]
+    assert lines["model.lora.peft-lora-alpha"][1:] == ["64", "preset"]
+    assert lines["strategy.name"][1:] == ['"fedavg"']  # a default value carries no source mark
