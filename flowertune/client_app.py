@@ -52,9 +52,16 @@ def _setup(context: Context) -> Config:
 
 
 @app.query()
-def initial_adapter(msg: Message, context: Context) -> Message:
-    """Return the freshly initialised adapter and its PEFT config (the server never loads the model)."""
+def query(msg: Message, context: Context) -> Message:
+    """``node-info``: check in (partition id, after this node's own checks); ``initial-adapter``: the freshly
+    initialised adapter and its PEFT config (the server never loads the model)."""
     cfg = _setup(context)
+    want = str(msg.content["config"].get("want", ""))
+    if want == "node-info":
+        info = _run(cfg, context, "node_info", cfg, *_partition(context))
+        return Message(content=RecordDict({"info": ConfigRecord(info)}), reply_to=msg)
+    if want != "initial-adapter":
+        raise ValueError(f"unknown query {want!r}; this flowertune client answers node-info and initial-adapter")
     arrays, adapter_json = _run(cfg, context, "initial_adapter", cfg)
     content = RecordDict({"arrays": to_array_record(arrays), "adapter": ConfigRecord({"json": adapter_json})})
     return Message(content=content, reply_to=msg)
@@ -68,10 +75,11 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     mu = float(config.get("proximal-mu", cfg.strategy.proximal_mu))
     codec = wire_client.codec_of(msg)
-    global_arrays = wire_client.receive(msg, context, codec)
-    arrays, metrics = _run(cfg, context, "train", cfg, pid, n, global_arrays,
-                           float(config["lr"]), int(config["server-round"]), mu)
-    payload = wire_client.send(codec, arrays, global_arrays, context)
+    store = wire_client.store_for(msg, codec, pid)
+    global_arrays = wire_client.receive(msg, context, codec, store)
+    server_round = int(config["server-round"])
+    arrays, metrics = _run(cfg, context, "train", cfg, pid, n, global_arrays, float(config["lr"]), server_round, mu)
+    payload = wire_client.send(codec, arrays, global_arrays, context, store, server_round)
     return Message(content=RecordDict({"arrays": payload, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -104,6 +104,12 @@ class StrategyConfig:
     tau: float = key("strategy.tau", 1e-3, "FedAdam/FedYogi adaptivity")
     round_timeout: float = key("strategy.round-timeout", 86400.0, "seconds to wait for replies in one round")
     seed: int = key("strategy.seed", 42, "seed of client sampling")
+    node_wait_timeout: float = key("strategy.node-wait-timeout", 600.0,
+                                   "seconds to wait for strategy.min-available-nodes usable SuperNodes before the run "
+                                   "stops (resumable)")
+    round_retries: int = key("strategy.round-retries", 1,
+                             "times a round with fewer than strategy.min-train-nodes usable updates is resampled "
+                             "before the run stops (resumable)")
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,11 @@ class RunConfig:
     recipe: str = key("run.recipe", "",
                       "recipe the values were layered from ('' = none; set by `flowertune run --recipe`, "
                       "see `flowertune recipes`)")
+    resume: bool = key("run.resume", False,
+                       "continue the run in run.output-dir from its last completed round (`flowertune run --resume`)")
+    resume_force: bool = key("run.resume-force", False,
+                             "with run.resume: accept changes of the keys that are safe to change mid-run "
+                             "(more rounds, timeouts, checkpoint/eval cadence)")
 
 
 @dataclass(frozen=True)
@@ -353,6 +364,10 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.data.validation_fraction < 1.0, "data.validation-fraction must be in [0, 1)")
     need(0.0 < cfg.run.wire_topk_fraction <= 1.0, "wire.topk-fraction must be in (0, 1]")
     need(cfg.run.client_worker in ("auto", "on", "off"), "run.client-worker must be auto, on or off")
+    need(cfg.strategy.node_wait_timeout > 0, "strategy.node-wait-timeout must be > 0 seconds")
+    need(cfg.strategy.round_retries >= 0, "strategy.round-retries must be >= 0")
+    need(not cfg.run.resume or cfg.run.output_dir != "",
+         "run.resume needs run.output-dir (the run directory to continue); or use `flowertune run --resume DIR`")
     need(cfg.run.output_dir == "" or cfg.run.output_dir.startswith("/"),
          f"run.output-dir must be an absolute path (got {cfg.run.output_dir!r}); the server's cwd is the SuperLink's")
     from flowertune.registries import check_names

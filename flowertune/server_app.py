@@ -17,10 +17,11 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Resolve the config, create the run directory, run the federation."""
+    """Resolve the config, create (or reopen, to resume) the run directory, run the federation."""
     setup_logging()
     cfg = resolve(dict(context.run_config))
-    run_dir = RunDir.create(cfg)
-    logging.getLogger(__name__).info("flowertune run: preset %s, %d rounds -> %s", cfg.run.preset,
+    run_dir = RunDir.open(cfg) if cfg.run.resume else RunDir.create(cfg)
+    logging.getLogger(__name__).info("flowertune run: %s preset %s, %d rounds -> %s",
+                                     "resuming" if cfg.run.resume else "new run,", cfg.run.preset,
                                      cfg.run.num_server_rounds, run_dir.path)
     run_federation(grid, cfg, run_dir)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flowertune.config import Config, ConfigError, pyproject_section, toml_value
-from flowertune.federation.rundir import SUMMARY, default_run_path
+from flowertune.federation.rundir import STOPPED, SUMMARY, default_run_path
 
 
 def flowertune_home() -> Path:
@@ -70,6 +70,19 @@ def resolve_cli(preset: str | None, overrides: dict[str, Any], out: str | None,
     return from_flat({**cfg.to_flat(), "run.output-dir": str(path), "run.preset-applied": True})
 
 
+def resolve_resume(run_dir: str, overrides: dict[str, Any], force: bool) -> Config:
+    """The config of a resumed run: the run's own ``config.json`` with the user's overrides on top."""
+    from flowertune.config import from_flat
+    from flowertune.federation.rundir import CONFIG, read_config
+
+    path = Path(run_dir).absolute()
+    if not (path / CONFIG).is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no config.json); give the directory a run wrote")
+    flat = {**read_config(path), **overrides, "run.output-dir": str(path), "run.resume": True,
+            "run.resume-force": force, "run.preset-applied": True}
+    return from_flat(flat)
+
+
 def print_config(cfg: Config, sources: dict[str, str]) -> None:
     """The resolved config, one key a line, with where each non-default value came from."""
     defaults = Config().to_flat()
@@ -97,8 +110,10 @@ def app_dir() -> Path:
 
 
 def flwr_env() -> dict[str, str]:
-    """Environment for ``flwr``: our own FLWR_HOME, and no runtime dependency installation."""
+    """Environment for ``flwr``: our own FLWR_HOME, this Python's tools first on PATH, no runtime dependency installation."""
     env = dict(os.environ)
+    # flwr starts flower-superlink/flwr-serverapp by name: find ours even when the venv is not activated
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("FLWR_HOME", str(flowertune_home() / "flwr"))
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     return env
@@ -135,24 +150,30 @@ def ensure_connection(name: str, address: str, env: dict[str, str]) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from flowertune.preflight import server_checks
+
     sources: dict[str, str] = {}
     try:
-        cfg = resolve_cli(args.preset, parse_overrides(args.run_config + args.overrides), args.out, sources,
-                          args.recipe)
+        overrides = parse_overrides(args.run_config + args.overrides)
+        if args.resume:
+            if args.preset or args.recipe or args.out:
+                raise ConfigError("--resume takes the config from RUN_DIR/config.json; drop --preset/--recipe/--out "
+                                  "and give only the keys to change (with --force for the safe ones)")
+            cfg = resolve_resume(args.resume, overrides, args.force)
+            sources.update({k: "user" for k in overrides})
+        else:
+            if args.force:
+                raise ConfigError("--force only applies to --resume")
+            cfg = resolve_cli(args.preset, overrides, args.out, sources, args.recipe)
+        if args.dry_run:
+            print_config(cfg, sources)
+            return 0
+        # before any Flower process starts: the output directory, and in simulation (the clients run on this
+        # machine) their quantization, model and data
+        server_checks(cfg, clients_here=not args.superlink)
     except (ConfigError, KeyError) as exc:
         print(f"flowertune run: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        print_config(cfg, sources)
-        return 0
-    if not args.superlink:  # simulated clients run on this machine: what they would fail on, fail now
-        from flowertune.models.load import check_quantization
-
-        try:
-            check_quantization(cfg.model.quantization)
-        except ConfigError as exc:
-            print(f"flowertune run: {exc}", file=sys.stderr)
-            return 2
     num = args.num_supernodes or cfg.run.num_supernodes
     env = flwr_env()
     superlink = None
@@ -163,11 +184,16 @@ def handle(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = flwr_command(cfg, write_run_config(cfg, Path(tmp)), num, superlink)
         what = f"recipe {cfg.run.recipe} (preset {cfg.run.preset})" if cfg.run.recipe else f"preset {cfg.run.preset}"
+        what = f"resuming {what}" if cfg.run.resume else what
         print(f"flowertune run: {what}, {cfg.run.num_server_rounds} rounds, "
               f"{'deployment ' + args.superlink if superlink else f'{num} simulated SuperNodes'} -> {run_path}",
               flush=True)
         rc = subprocess.call(cmd, env=env)
     summary = run_path / SUMMARY
+    if (run_path / STOPPED).exists():
+        reason = json.loads((run_path / STOPPED).read_text())["reason"]
+        print(f"flowertune run: the run stopped: {reason}", file=sys.stderr)
+        return rc or 1
     if rc != 0 or not summary.exists():
         print(f"flowertune run: the run did not finish (flwr exit code {rc}); see the log above and {run_path}",
               file=sys.stderr)
@@ -196,6 +222,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--num-supernodes", type=int, help="simulated SuperNodes (default: the preset's)")
     p.add_argument("--out", help="run directory (default ~/flowertune-runs/<time>-<recipe or preset>)")
     p.add_argument("--superlink", help="HOST:PORT of a running SuperLink (deployment mode)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a killed or stopped run from its last completed round, with its own config "
+                        "(overrides that change it are refused; see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: accept changes of the safe keys (num-server-rounds, timeouts, "
+                        "checkpoint/eval cadence)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and where each value came from (default/preset/recipe/user); "
                         "run nothing")

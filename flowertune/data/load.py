@@ -47,6 +47,9 @@ def load_local(name: str) -> Dataset:
     if not path.is_file():
         raise DataLoadError(f"dataset file {str(path)!r} does not exist; set static.dataset.name to a readable file")
     builder = _local_builder(path)
+    where = find_bad_line(path, builder)  # datasets would decode bad bytes silently or fail without a line number
+    if where:
+        raise DataLoadError(where)
     try:
         ds = datasets.load_dataset(builder, data_files=str(path.absolute()), split="train")
     except Exception as exc:  # datasets raises many types for a corrupt file
@@ -57,6 +60,30 @@ def load_local(name: str) -> Dataset:
     if len(ds) == 0:
         raise DataLoadError(f"dataset file {str(path)!r} has no rows")
     return ds
+
+
+def find_bad_line(path: Path, builder: str) -> str | None:
+    """``file:line: what is wrong`` for the first line that is not UTF-8 (or, for JSON Lines, not JSON)."""
+    import gzip
+    import json
+
+    if builder not in ("json", "csv"):
+        return None
+    opener = gzip.open if path.suffix == ".gz" else open
+    json_lines = builder == "json" and ".jsonl" in path.suffixes
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"{path}:{n}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                        "re-encode the file as UTF-8")
+            if json_lines and line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as exc:
+                    return f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove that line"
+    return None
 
 
 def load_partition(cfg: DataConfig, partition_id: int, num_partitions: int) -> Dataset:

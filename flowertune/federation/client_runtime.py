@@ -67,15 +67,28 @@ def runtime(cfg: Config) -> Runtime:
 
 
 def tokenize_rows(rows: Any, cfg: Config, rt: Runtime) -> list[Example]:
-    """Format, frame and tokenize dataset rows; rows whose prompt fills the whole window are dropped."""
+    """Format, frame and tokenize dataset rows.
+
+    Rows with an empty response (nothing to learn but the stop token) and rows whose prompt fills the
+    whole window are skipped, with a count in the log.
+    """
     fmt = FORMATS.get(cfg.data.format)
     frame = FRAMES.get(cfg.data.prompt_frame)
     stop = frame.stop(rt.tokenizer)
-    out = []
+    out, empty, too_long = [], 0, 0
     for row in rows:
-        ex = frame.example(rt.tokenizer, fmt(row, cfg.data), cfg.train.seq_length, stop)
+        record = fmt(row, cfg.data)
+        if not record.response.strip():
+            empty += 1
+            continue
+        ex = frame.example(rt.tokenizer, record, cfg.train.seq_length, stop)
         if any(t != IGNORE for t in ex.labels[1:]):
             out.append(ex)
+        else:
+            too_long += 1
+    if empty or too_long:
+        log.warning("skipped %d of %d rows: %d with an empty response, %d whose prompt fills train.seq-length=%d",
+                    empty + too_long, len(rows), empty, too_long, cfg.train.seq_length)
     return out
 
 

@@ -55,4 +55,11 @@ def evaluate(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays
     return {"eval_loss": loss if n_tokens else 0.0, "num-examples": len(data.validation)}
 
 
-TASKS = {"initial_adapter": initial_adapter, "train": train, "evaluate": evaluate}
+def node_info(cfg: Config, partition_id: int, num_partitions: int) -> dict[str, Any]:
+    """This node's check-in: its partition, after the checks it alone can make (data, model, machine)."""
+    from flowertune.preflight import client_checks
+
+    return client_checks(cfg, partition_id, num_partitions)
+
+
+TASKS = {"initial_adapter": initial_adapter, "train": train, "evaluate": evaluate, "node_info": node_info}

@@ -5,13 +5,17 @@
     <run>/checkpoints/round-N/   PEFT adapter every train.save-every-round rounds
     <run>/final_adapter/    PEFT adapter after the last round
     <run>/summary.json      what the run did, written at the end
+    <run>/state/round-N.safetensors   the server's state after round N (the last two kept; for --resume)
+    <run>/stopped.json      why the run stopped early, when it did (removed when a resume finishes)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,13 +25,26 @@ from typing import Any
 
 import numpy as np
 
-from flowertune.config import Config
+from flowertune.config import Config, ConfigError
+from flowertune.federation.state import StateError, load_state, prune, round_files, save_state
 from flowertune.models.adapter import save_adapter
+
+log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 SUMMARY = "summary.json"
 FINAL = "final_adapter"
+STATE = "state"
+STOPPED = "stopped.json"
+KEEP_STATES = 2
+# keys that do not change what a run computes up to its last round, or that the user may change mid-run with
+# --force (more rounds: the cosine schedule is recomputed over the new length from the next round on)
+RESUME_SAFE = frozenset({"num-server-rounds", "strategy.round-timeout", "strategy.node-wait-timeout",
+                         "strategy.round-retries", "train.save-every-round", "train.eval-every-round",
+                         "run.client-worker"})
+# keys that say how the run was started, not what it computes
+RESUME_IGNORED = frozenset({"run.resume", "run.resume-force", "run.preset-applied", "run.output-dir"})
 
 
 def default_run_path(cfg: Config) -> Path:
@@ -59,12 +76,54 @@ class RunDir:
         path = Path(cfg.run.output_dir) if cfg.run.output_dir else default_run_path(cfg)
         path = path.absolute()
         if (path / METRICS).exists():
-            raise FileExistsError(f"{path} already holds a run (metrics.jsonl); choose another run.output-dir")
+            raise FileExistsError(f"{path} already holds a run (metrics.jsonl); choose another run.output-dir, "
+                                  f"or continue it with `flowertune run --resume {path}`")
         path.mkdir(parents=True, exist_ok=True)
-        config = {**cfg.to_flat(), "run.output-dir": str(path)}
-        meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _versions()}
+        config = {**cfg.to_flat(), "run.output-dir": str(path), "run.resume": False, "run.resume-force": False}
+        meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _versions(),
+                "run_key": secrets.token_hex(8)}  # names this run's client-side state; kept across resumes
         _write_json(path / CONFIG, {"config": config, "meta": meta})
         return cls(path)
+
+    @classmethod
+    def open(cls, cfg: Config) -> RunDir:
+        """The run directory ``cfg`` resumes (``run.resume``), after checking that the configs agree."""
+        path = Path(cfg.run.output_dir)
+        check_resumable(path, cfg.to_flat(), cfg.run.resume_force)
+        run = cls(path)
+        doc = json.loads((path / CONFIG).read_text())
+        resumes = [*doc["meta"].get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())]
+        doc["meta"]["resumed"] = resumes
+        doc["config"] = {**doc["config"], **{k: v for k, v in cfg.to_flat().items() if k in RESUME_SAFE}}
+        _write_json(path / CONFIG, doc)
+        (path / STOPPED).unlink(missing_ok=True)
+        return run
+
+    def run_key(self) -> str:
+        return str(json.loads((self.path / CONFIG).read_text())["meta"].get("run_key", ""))
+
+    def save_state(self, server_round: int, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Path:
+        """The server's state after ``server_round``, atomically; older states beyond the last two are removed."""
+        out = save_state(self.path / STATE / f"round-{server_round}.safetensors", meta, arrays)
+        prune(self.path / STATE, KEEP_STATES)
+        return out
+
+    def load_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The newest state that verifies; a damaged newer one is reported and skipped."""
+        return newest_state(self.path)
+
+    def truncate_metrics(self, server_round: int) -> None:
+        """Drop metrics rows after ``server_round`` (a round that ran past the saved state is redone)."""
+        rows = read_metrics(self.path)
+        kept = [r for r in rows if r["round"] <= server_round]
+        if len(kept) != len(rows):
+            tmp = self.path / (METRICS + ".tmp")
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+            os.replace(tmp, self.path / METRICS)
+
+    def stopped(self, reason: str) -> None:
+        """Record why the run stopped early (``flowertune run`` prints it)."""
+        _write_json(self.path / STOPPED, {"reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
     def log(self, row: Mapping[str, Any]) -> None:
         """Append one metrics line (flushed to disk so a crash keeps every finished round)."""
@@ -87,6 +146,44 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+def newest_state(run: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(meta, arrays)`` of the newest state file of ``run`` that verifies."""
+    files = round_files(Path(run) / STATE)
+    if not files:
+        raise ConfigError(f"{run} has no saved server state (state/round-N.safetensors) to resume from")
+    for _, path in files:
+        try:
+            return load_state(path)
+        except StateError as exc:
+            log.error("%s; using the state of the round before", exc)
+    raise ConfigError(f"no state file of {run} verifies (all truncated or altered); the run cannot be resumed")
+
+
+def resume_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: stored -> new`` for every key whose value differs (the keys that only say how a run starts aside)."""
+    out = []
+    for k in sorted(set(stored) | set(new)):
+        if k in RESUME_IGNORED or stored.get(k) == new.get(k):
+            continue
+        out.append(f"{k}: {stored.get(k)!r} -> {new.get(k)!r}")
+    return out
+
+
+def check_resumable(run: Path, new: Mapping[str, Any], force: bool) -> None:
+    """Raise :class:`ConfigError` unless ``run`` can be resumed with the flat config ``new``."""
+    run = Path(run)
+    if not (run / CONFIG).is_file():
+        raise ConfigError(f"{run} is not a run directory (no config.json); give the directory a run wrote")
+    diffs = resume_differences(read_config(run), new)
+    unsafe = [d for d in diffs if d.split(":", 1)[0] not in RESUME_SAFE]
+    if unsafe or (diffs and not force):
+        raise ConfigError(
+            f"cannot resume {run} with a different config ({'; '.join(diffs)}). "
+            + ("Only " + ", ".join(sorted(RESUME_SAFE)) + " may change, with --force" if unsafe else
+               "These keys are safe to change: add --force to accept them"))
+    newest_state(run)  # fails early when there is nothing to resume from
 
 
 def read_config(run: Path) -> dict[str, Any]:

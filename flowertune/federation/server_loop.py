@@ -1,6 +1,7 @@
 """The server's round loop: Flower strategies sample and aggregate; this loop adds what an LLM
-federation needs around them (initial adapter from a client, held-out eval every K rounds,
-checkpoints, per-round metrics and the communication budget).
+federation needs around them (node check-in, initial adapter from a client, held-out eval every K
+rounds, checkpoints, per-round metrics, the communication budget, and a crash-safe state every round
+from which ``flowertune run --resume`` continues).
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,8 +19,10 @@ from flwr.serverapp import Grid
 
 from flowertune.config import Config
 from flowertune.federation.rundir import RunDir
-from flowertune.federation.strategies import make_strategy, message_bytes
+from flowertune.federation.state import split_prefixed
+from flowertune.federation.strategies import error_line, make_strategy, message_bytes
 from flowertune.train.schedule import cosine_annealing
+from flowertune.wire import NodeCopy, to_array_record
 
 log = logging.getLogger(__name__)
 
@@ -25,29 +30,81 @@ BUDGET_MB = 200_000  # the FlowerTune leaderboard's communication budget
 MB = 1024**2
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
-    """Block until ``n`` nodes are connected (or raise after ``timeout`` seconds)."""
-    t0 = time.monotonic()
-    while len(nodes := sorted(grid.get_node_ids())) < n:
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"only {len(nodes)} of {n} SuperNodes connected after {timeout:.0f} s")
-        time.sleep(0.5)
-    return nodes
+class RunStopped(RuntimeError):
+    """The run cannot go on; the message says why and what to do (the last round's state is saved)."""
 
 
-def initial_adapter(grid: Grid, cfg: Config) -> tuple[ArrayRecord, dict[str, Any], int]:
+@dataclass
+class NodeDirectory:
+    """What the server knows of each node: its partition, learned by asking it once (``node-info``).
+
+    The check-in doubles as the client-side preflight: the node loads its partition and checks that it
+    can run the configured quantization. A node that fails is left out of sampling and its one-line
+    reason is kept (logged, and written to the next metrics row).
+    """
+
+    timeout: float
+    partition: dict[int, int] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    new_errors: list[str] = field(default_factory=list)
+
+    def refresh(self, grid: Grid) -> None:
+        """Check in every connected node not seen before."""
+        new = sorted(n for n in grid.get_node_ids() if n not in self.partition and n not in self.failed)
+        if not new:
+            return
+        msgs = [Message(RecordDict({"config": ConfigRecord({"want": "node-info"})}), dst_node_id=n,
+                        message_type=MessageType.QUERY) for n in new]
+        replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(msgs, timeout=self.timeout)}
+        for n in new:
+            reply = replies.get(n)
+            if reply is None or reply.has_error():
+                why = error_line(reply) if reply is not None else "no reply to the check-in"
+                self.failed[n] = why
+                self.new_errors.append(f"node {n}: {why}")
+                log.error("node %d cannot take part: %s", n, why)
+            else:
+                self.partition[n] = int(reply.content["info"]["partition-id"])
+
+    def order(self, node_ids: Iterable[int]) -> list[int]:
+        """The usable ones of ``node_ids`` by partition id (stable across runs; node ids are random)."""
+        return sorted((n for n in node_ids if n in self.partition), key=lambda n: (self.partition[n], n))
+
+    def wait(self, grid: Grid, n: int, deadline_s: float) -> list[int]:
+        """Block until ``n`` usable nodes are connected; :class:`RunStopped` after ``deadline_s`` seconds."""
+        t0 = time.monotonic()
+        while True:
+            self.refresh(grid)
+            usable = self.order(grid.get_node_ids())
+            if len(usable) >= n:
+                return usable
+            if time.monotonic() - t0 > deadline_s:
+                failed = "; ".join(f"node {k}: {v}" for k, v in sorted(self.failed.items())[:5])
+                raise RunStopped(
+                    f"only {len(usable)} of the {n} SuperNodes the run needs (strategy.min-available-nodes) are "
+                    f"connected and usable after {deadline_s:.0f} s (strategy.node-wait-timeout)"
+                    + (f"; failed check-in: {failed}" if failed else "")
+                    + ". Fix or start the missing SuperNodes and continue with `flowertune run --resume RUN_DIR`, "
+                    "or lower strategy.min-available-nodes")
+            time.sleep(1.0)
+
+    def take_errors(self) -> list[str]:
+        out, self.new_errors = self.new_errors, []
+        return out
+
+
+def initial_adapter(grid: Grid, node: int, cfg: Config) -> tuple[ArrayRecord, dict[str, Any], int]:
     """Ask one client for its freshly initialised (seeded) adapter and its PEFT config.
 
     The server never loads the base model: the adapter shapes and ``adapter_config.json`` come
     from the client that built them.
     """
-    node = wait_for_nodes(grid, max(cfg.strategy.min_available_nodes, 1), cfg.strategy.round_timeout)[0]
     msg = Message(RecordDict({"config": ConfigRecord({"want": "initial-adapter"})}), dst_node_id=node,
                   message_type=MessageType.QUERY)
     replies = list(grid.send_and_receive([msg], timeout=cfg.strategy.round_timeout))
     if not replies or replies[0].has_error():
-        err = replies[0].error if replies else "no reply"
-        raise RuntimeError(f"node {node} could not build the initial adapter: {err}")
+        raise RunStopped(f"node {node} could not build the initial adapter: "
+                         f"{error_line(replies[0]) if replies else 'no reply'}")
     content = replies[0].content
     adapter_config = json.loads(str(content.config_records["adapter"]["json"]))
     return content.array_records["arrays"], adapter_config, message_bytes(replies)
@@ -79,65 +136,183 @@ def evaluate_round(strategy: Any, grid: Grid, server_round: int, arrays: ArrayRe
     return float(metrics["eval_loss"]) if metrics and "eval_loss" in metrics else None
 
 
+@dataclass
+class Progress:
+    """Everything the loop carries from round to round (what the per-round state file holds)."""
+
+    round: int
+    arrays: ArrayRecord
+    adapter_config: dict[str, Any]
+    cumulative: int = 0
+    warned: bool = False
+    first_eval: float | None = None
+    last_eval: float | None = None
+    stalled: list[int] = field(default_factory=list)
+    wall_s: float = 0.0
+    run_key: str = ""
+
+    def to_state(self, strategy: Any, directory: NodeDirectory,
+                 unclaimed: dict[int, NodeCopy]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The state file's header and arrays; ``unclaimed``: restored mirror copies of partitions not back yet."""
+        kinds, strategy_arrays = strategy.export_state()
+        arrays = {f"global/{k}": v for k, v in _as_numpy(self.arrays).items()}
+        arrays.update({f"strategy/{k}": v for k, v in strategy_arrays.items()})
+        mirror = {}
+        by_partition = {**unclaimed, **{directory.partition[n]: c for n, c in strategy.downlink.copies.items()}}
+        for p, copy in sorted(by_partition.items()):  # keyed by partition: node ids change on restart
+            mirror[str(p)] = {"version": copy.version, "keys": list(copy.arrays)}
+            arrays.update({f"downlink/{p}/{k}": v for k, v in copy.arrays.items()})
+        meta = {
+            "round": self.round, "adapter_config": self.adapter_config, "global_keys": list(self.arrays.keys()),
+            "cumulative": self.cumulative, "warned": self.warned, "first_eval": self.first_eval,
+            "last_eval": self.last_eval, "stalled": self.stalled, "wall_s": self.wall_s, "strategy": kinds,
+            "downlink": mirror, "strategy_name": type(strategy).__name__, "codec": strategy.codec.name,
+        }
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], strategy: Any,
+                   run_key: str) -> tuple[Progress, dict[int, NodeCopy]]:
+        """The progress, with the strategy state restored into ``strategy``; and the downlink mirror by partition."""
+        if meta["strategy_name"] != type(strategy).__name__ or meta["codec"] != strategy.codec.name:
+            raise RunStopped(f"the saved state is of {meta['strategy_name']}/{meta['codec']}, the config asks for "
+                             f"{type(strategy).__name__}/{strategy.codec.name}")
+        glob = split_prefixed(arrays, "global")
+        strategy.import_state(meta["strategy"], split_prefixed(arrays, "strategy"))
+        mirror = {}
+        for p, spec in meta["downlink"].items():
+            part = split_prefixed(arrays, f"downlink/{p}")
+            mirror[int(p)] = NodeCopy(int(spec["version"]), {k: part[k] for k in spec["keys"]})
+        progress = cls(round=int(meta["round"]), arrays=to_array_record({k: glob[k] for k in meta["global_keys"]}),
+                       adapter_config=meta["adapter_config"], cumulative=int(meta["cumulative"]),
+                       warned=bool(meta["warned"]), first_eval=meta["first_eval"], last_eval=meta["last_eval"],
+                       stalled=list(meta["stalled"]), wall_s=float(meta["wall_s"]), run_key=run_key)
+        return progress, mirror
+
+
+def _restore_mirror(strategy: Any, directory: NodeDirectory, pending: dict[int, NodeCopy]) -> None:
+    """Give each node of a resumed run the downlink copy the server mirrored for its partition."""
+    for node, p in directory.partition.items():
+        if p in pending and node not in strategy.downlink.copies:
+            strategy.downlink.copies[node] = pending.pop(p)
+
+
+def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float, cfg: Config,
+                directory: NodeDirectory) -> tuple[ArrayRecord | None, Any, list[Message], list[Message], list[str]]:
+    """One training round, resampled up to ``strategy.round-retries`` times while fewer than
+    ``strategy.min-train-nodes`` usable updates come back; :class:`RunStopped` when none of the tries has them.
+    """
+    need = cfg.strategy.min_train_nodes
+    errors: list[str] = []
+    for attempt in range(cfg.strategy.round_retries + 1):
+        directory.wait(grid, max(cfg.strategy.min_available_nodes, 1), cfg.strategy.node_wait_timeout)
+        strategy.attempt = attempt
+        config = ConfigRecord({"lr": lr, "run-key": progress.run_key})
+        msgs = list(strategy.configure_train(r, progress.arrays, config, grid))
+        replies = list(grid.send_and_receive(msgs, timeout=cfg.strategy.round_timeout))
+        new_arrays, metrics = strategy.aggregate_train(r, replies)
+        traffic = strategy.traffic
+        progress.cumulative += traffic.down + traffic.up  # retried traffic was still sent
+        lost = len(msgs) - len(replies)
+        errors += traffic.errors + [f"{lost} sampled node(s) sent no reply within strategy.round-timeout"] * (lost > 0)
+        if traffic.accepted >= need and new_arrays is not None:
+            return new_arrays, metrics, msgs, replies, errors
+        log.warning("round %d (try %d of %d): %d usable updates, strategy.min-train-nodes=%d: %s", r, attempt + 1,
+                    cfg.strategy.round_retries + 1, traffic.accepted, need, "; ".join(errors[-3:]) or "-")
+    strategy.attempt = 0
+    raise RunStopped(
+        f"round {r}: fewer than strategy.min-train-nodes={need} usable client updates in "
+        f"{cfg.strategy.round_retries + 1} tries ({'; '.join(dict.fromkeys(errors))[:800] or 'no replies'}). "
+        f"Nothing of round {r} was kept; fix the clients and continue with `flowertune run --resume RUN_DIR`")
+
+
 def run_federation(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
-    """Run ``num-server-rounds`` rounds and write everything into ``run_dir``; returns the summary."""
+    """Run (or, with ``run.resume``, continue) ``num-server-rounds`` rounds into ``run_dir``; returns the summary."""
+    try:
+        return _run(grid, cfg, run_dir)
+    except RunStopped as exc:
+        run_dir.stopped(str(exc))
+        log.error("run stopped: %s", exc)
+        raise
+    except Exception as exc:
+        run_dir.stopped(f"{type(exc).__name__}: {exc} (the last completed round is saved; after fixing the cause, "
+                        "continue with `flowertune run --resume RUN_DIR`)")
+        raise
+
+
+def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
     t_start = time.perf_counter()
     options = {"fraction": cfg.run.wire_topk_fraction} if cfg.run.wire_codec == "delta-topk-int8" else {}
     strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, **options)
-    arrays, adapter_config, init_bytes = initial_adapter(grid, cfg)
-    n_params = int(sum(a.numpy().size for a in arrays.values()))
-    log.info("run directory %s; adapter: %d arrays, %d parameters, %.2f MB fp32", run_dir.path, len(arrays),
-             n_params, arrays.count_bytes() / MB)
+    directory = NodeDirectory(timeout=cfg.strategy.round_timeout)
+    strategy.node_order = directory.order
     rounds = cfg.run.num_server_rounds
-    cumulative, warned = 0, False
     eval_every = cfg.train.eval_every_round
-    first_eval = evaluate_round(strategy, grid, 0, arrays, cfg) if eval_every > 0 else None
-    run_dir.log({"round": 0, "eval_loss": first_eval, "bytes_init": init_bytes, "wall_s": time.perf_counter() - t_start})
-    log.info("round 0: eval_loss %s", first_eval)
-    last_eval = first_eval
-    stalled: list[int] = []
-    for r in range(1, rounds + 1):
+    mirror: dict[int, NodeCopy] = {}
+    saved = run_dir.load_state() if cfg.run.resume else None
+    if saved is not None:
+        progress, mirror = Progress.from_state(*saved, strategy, run_dir.run_key())
+        t_start -= progress.wall_s
+        run_dir.truncate_metrics(progress.round)
+        log.info("resuming %s after round %d of %d", run_dir.path, progress.round, rounds)
+    else:
+        nodes = directory.wait(grid, max(cfg.strategy.min_available_nodes, 1), cfg.strategy.node_wait_timeout)
+        arrays, adapter_config, init_bytes = initial_adapter(grid, nodes[0], cfg)
+        progress = Progress(round=0, arrays=arrays, adapter_config=adapter_config, run_key=run_dir.run_key())
+        first_eval = evaluate_round(strategy, grid, 0, arrays, cfg) if eval_every > 0 else None
+        progress.first_eval = progress.last_eval = first_eval
+        progress.wall_s = time.perf_counter() - t_start
+        run_dir.log({"round": 0, "eval_loss": first_eval, "bytes_init": init_bytes, "wall_s": progress.wall_s,
+                     "errors": directory.take_errors()})
+        run_dir.save_state(0, *progress.to_state(strategy, directory, mirror))
+        log.info("round 0: eval_loss %s", first_eval)
+    n_params = int(sum(a.numpy().size for a in progress.arrays.values()))
+    log.info("run directory %s; adapter: %d arrays, %d parameters, %.2f MB fp32", run_dir.path,
+             len(progress.arrays), n_params, progress.arrays.count_bytes() / MB)
+    for r in range(progress.round + 1, rounds + 1):
         t0 = time.perf_counter()
         lr = cosine_annealing(r, rounds, cfg.train.learning_rate_max, cfg.train.learning_rate_min)
-        msgs = strategy.configure_train(r, arrays, ConfigRecord({"lr": lr}), grid)
-        replies = list(grid.send_and_receive(msgs, timeout=cfg.strategy.round_timeout))
-        new_arrays, train_metrics = strategy.aggregate_train(r, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        else:
-            stalled.append(r)
-            log.warning("round %d: no usable client update; the global adapter is unchanged", r)
+        directory.refresh(grid)
+        _restore_mirror(strategy, directory, mirror)
+        new_arrays, train_metrics, msgs, replies, errors = train_round(strategy, grid, r, progress, lr, cfg, directory)
+        progress.arrays = new_arrays
         traffic = strategy.traffic
-        cumulative += traffic.down + traffic.up
-        if not warned and cumulative > BUDGET_MB * MB:
-            warned = True
-            log.warning("communication cost %.0f MB exceeds the leaderboard budget of %d MB", cumulative / MB, BUDGET_MB)
+        if not progress.warned and progress.cumulative > BUDGET_MB * MB:
+            progress.warned = True
+            log.warning("communication cost %.0f MB exceeds the leaderboard budget of %d MB",
+                        progress.cumulative / MB, BUDGET_MB)
         due_eval = eval_every > 0 and (r % eval_every == 0 or r == rounds)
-        eval_loss = evaluate_round(strategy, grid, r, arrays, cfg) if due_eval else None
-        last_eval = eval_loss if eval_loss is not None else last_eval
+        eval_loss = evaluate_round(strategy, grid, r, progress.arrays, cfg) if due_eval else None
+        progress.last_eval = eval_loss if eval_loss is not None else progress.last_eval
         if r % cfg.train.save_every_round == 0 and r != rounds:
-            run_dir.checkpoint(r, _as_numpy(arrays), adapter_config)
+            run_dir.checkpoint(r, _as_numpy(progress.arrays), progress.adapter_config)
         tm = dict(train_metrics or {})
+        progress.round = r
+        progress.wall_s = time.perf_counter() - t_start
         row = {
             "round": r, "lr": lr, "train_loss": tm.get("train_loss"), "eval_loss": eval_loss,
             "clients": len(msgs), "replies": len(replies), "rejected": traffic.rejected,
-            "failures": sum(1 for m in replies if m.has_error()),
+            "failures": sum(1 for m in replies if m.has_error()) + len(msgs) - len(replies),
+            "errors": [*directory.take_errors(), *errors], "tries": strategy.attempt + 1,
             "bytes_down": traffic.down, "bytes_up": traffic.up, "bytes_round": traffic.down + traffic.up,
-            "bytes_cumulative": cumulative, "bytes_eval_down": traffic.eval_down,
+            "bytes_cumulative": progress.cumulative, "bytes_eval_down": traffic.eval_down,
             "client_tokens_per_s": tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
             **client_memory(replies),
-            "round_s": time.perf_counter() - t0, "wall_s": time.perf_counter() - t_start,
+            "round_s": time.perf_counter() - t0, "wall_s": progress.wall_s,
         }
+        strategy.attempt = 0
         run_dir.log(row)
+        run_dir.save_state(r, *progress.to_state(strategy, directory, mirror))
         log.info("round %d/%d: train_loss %.4f eval_loss %s | %.2f MB this round, %.2f MB total | %.1f s",
-                 r, rounds, row["train_loss"] or float("nan"), eval_loss, row["bytes_round"] / MB, cumulative / MB,
-                 row["round_s"])
+                 r, rounds, row["train_loss"] or float("nan"), eval_loss, row["bytes_round"] / MB,
+                 progress.cumulative / MB, row["round_s"])
     summary = {
-        "rounds": rounds, "eval_loss_first": first_eval, "eval_loss_last": last_eval,
-        "bytes_cumulative": cumulative, "comm_cost_mb": cumulative / MB, "adapter_parameters": n_params,
-        "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir.path), "rounds_without_update": stalled,
+        "rounds": rounds, "eval_loss_first": progress.first_eval, "eval_loss_last": progress.last_eval,
+        "bytes_cumulative": progress.cumulative, "comm_cost_mb": progress.cumulative / MB,
+        "adapter_parameters": n_params, "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir.path),
+        "rounds_without_update": progress.stalled,
     }
-    final = run_dir.finish(_as_numpy(arrays), adapter_config, summary)
+    final = run_dir.finish(_as_numpy(progress.arrays), progress.adapter_config, summary)
     log.info("done: eval loss %s -> %s, communication %.2f MB, %.0f s; final adapter %s",
-             first_eval, last_eval, cumulative / MB, summary["wall_s"], final)
+             progress.first_eval, progress.last_eval, progress.cumulative / MB, summary["wall_s"], final)
     return summary

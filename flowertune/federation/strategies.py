@@ -41,17 +41,24 @@ class RoundTraffic:
     down: int = 0
     up: int = 0
     eval_down: int = 0
+    accepted: int = 0
     rejected: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 class _SortedGrid:
-    """A Grid view whose node ids come sorted, so that seeded sampling does not depend on set order."""
+    """A Grid view listing only usable nodes, in a stable order, so that seeded sampling is reproducible.
 
-    def __init__(self, grid: Grid) -> None:
+    ``order`` maps the connected node ids to the usable ones in sampling order: by partition id (node
+    ids are random per run, partitions are not), so the same seed samples the same partitions.
+    """
+
+    def __init__(self, grid: Grid, order: Callable[[Iterable[int]], list[int]] = sorted) -> None:
         self._grid = grid
+        self._order = order
 
     def get_node_ids(self) -> list[int]:
-        return sorted(self._grid.get_node_ids())
+        return self._order(self._grid.get_node_ids())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -70,6 +77,8 @@ class FlowerTuneMixin:
         self.codec = get_codec(codec, **codec_options)
         self.downlink = Downlink(self.codec)  # per node: the adapter copy it holds (delta codecs)
         self._global: dict[str, np.ndarray] = {}
+        self.node_order: Callable[[Iterable[int]], list[int]] = sorted  # set by the server loop (partition order)
+        self.attempt = 0  # > 0 when a round is resampled after too few usable updates
 
     def _seeded(self, salt: int, fn: Callable[[], Any]) -> Any:
         with _RANDOM_LOCK:
@@ -83,8 +92,9 @@ class FlowerTuneMixin:
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._shapes = {k: tuple(a.shape) for k, a in arrays.items()}
-        msgs = list(self._seeded(2 * server_round, lambda: super(FlowerTuneMixin, self).configure_train(
-            server_round, arrays, config, _SortedGrid(grid))))
+        salt = 2 * server_round + 1_000_033 * self.attempt
+        msgs = list(self._seeded(salt, lambda: super(FlowerTuneMixin, self).configure_train(
+            server_round, arrays, config, _SortedGrid(grid, self.node_order))))
         msgs = self._encode_downlink(server_round, arrays, msgs)
         self.traffic = RoundTraffic(down=message_bytes(msgs))
         return msgs
@@ -119,7 +129,7 @@ class FlowerTuneMixin:
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         msgs = list(self._seeded(2 * server_round + 1, lambda: super(FlowerTuneMixin, self).configure_evaluate(
-            server_round, arrays, config, _SortedGrid(grid))))
+            server_round, arrays, config, _SortedGrid(grid, self.node_order))))
         self.traffic.eval_down += message_bytes(msgs)
         return msgs
 
@@ -145,10 +155,12 @@ class FlowerTuneMixin:
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = self.in_node_order(replies)  # aggregation order fixed: reproducible sums
         self.traffic.up = message_bytes(replies)
         good, accepted = [], set()
         for msg in replies:
+            if msg.has_error():
+                self.traffic.errors.append(f"node {msg.metadata.src_node_id}: {error_line(msg)}")
             decoded = self._decode_uplink(msg)
             reason = decoded if isinstance(decoded, str) else self.check_reply(decoded)
             msg = decoded if not isinstance(decoded, str) else msg
@@ -160,7 +172,74 @@ class FlowerTuneMixin:
                 self.traffic.rejected.append(f"node {node}: {reason}")
                 log.warning("round %d: rejected the update of node %s: %s", server_round, node, reason)
         self.downlink.settle(accepted)  # a node whose reply did not make it gets the full adapter next time
+        self.traffic.accepted = len(good)
         return super().aggregate_train(server_round, good)  # type: ignore[misc]
+
+    def in_node_order(self, replies: Iterable[Message]) -> list[Message]:
+        """``replies`` sorted as the nodes are sampled (arrival order varies between runs)."""
+        replies = list(replies)
+        rank = {n: i for i, n in enumerate(self.node_order(m.metadata.src_node_id for m in replies))}
+        return sorted(replies, key=lambda m: (rank.get(m.metadata.src_node_id, len(rank)), m.metadata.src_node_id))
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Flower's weighted mean over the replies that evaluated something (a node without validation
+        examples reports 0 of them), in node order; None when none did."""
+        usable = [m for m in self.in_node_order(replies) if not m.has_error()
+                  and float(m.content.metric_records.get("metrics", {}).get("num-examples", 0)) > 0]
+        return super().aggregate_evaluate(server_round, usable) if usable else None  # type: ignore[misc]
+
+    # -- state for resume ------------------------------------------------------------------------------
+    _OWN = frozenset({"traffic", "codec", "downlink", "_global", "_shapes", "seed", "node_order", "attempt"})
+
+    def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What the wrapped strategy carries between rounds (FedAdam's moments, FedAvgM's momentum...).
+
+        Every attribute holding arrays is saved, whatever the strategy: an ``ArrayRecord``, a dict of
+        arrays or a list of arrays; the rest is rebuilt from the config.
+        """
+        kinds: dict[str, Any] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for name, value in vars(self).items():
+            if name in self._OWN:
+                continue
+            if isinstance(value, ArrayRecord):
+                value, kind = {k: v.numpy() for k, v in value.items()}, "arrayrecord"
+            elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+                kind = "dict"
+            elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+                value, kind = {str(i): v for i, v in enumerate(value)}, "list"
+            else:
+                continue
+            kinds[name] = {"kind": kind, "keys": list(value)}  # key order kept: safetensors sorts names
+            arrays.update({f"{name}/{k}": v for k, v in value.items()})
+        return kinds, arrays
+
+    def import_state(self, kinds: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Inverse of :meth:`export_state`."""
+        from flowertune.federation.state import split_prefixed
+
+        for name, spec in kinds.items():
+            part = split_prefixed(arrays, name)
+            ordered = {k: part[k] for k in spec["keys"]}
+            if spec["kind"] == "arrayrecord":
+                setattr(self, name, to_array_record(ordered))
+            elif spec["kind"] == "dict":
+                setattr(self, name, ordered)
+            else:
+                setattr(self, name, list(ordered.values()))
+
+
+def error_line(msg: Message) -> str:
+    """The last line of a client error reply (the exception's message, not its traceback)."""
+    import re
+
+    reason = str(msg.error.reason).strip() if msg.has_error() else ""
+    lines = [ln.strip() for ln in reason.splitlines() if ln.strip()]
+    if not lines:
+        return f"error code {msg.error.code}"
+    # the simulation wraps it as "Exception ClientAppException occurred. Message: <the message>'>"
+    line = re.sub(r"^Exception \w+ occurred\. Message: ", "", lines[-1])
+    return re.sub(r"'>$", "", line)[:500]
 
 
 def _tracked(base: type) -> type:

@@ -2,14 +2,21 @@
 
 What a node keeps between rounds lives in Flower's ``context.state`` (per node, in simulation and
 deployment): the broadcast it decoded last (the reference of delta broadcasts) and the codec's
-error-feedback residual.
+error-feedback residual. For delta codecs it is also written to disk after every round
+(:class:`WireStore`), so that a resumed run — a new Flower run, with empty contexts — continues with
+exactly what each node held, and a resumed run computes what the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
+from flowertune.federation.state import StateError, load_state, prune, round_files, save_state, split_prefixed
 from flowertune.wire import Codec, decode_broadcast, from_array_record, get_codec, to_array_record
 
 HELD, META, RESIDUAL = "wire-held", "wire-meta", "wire-residual"
@@ -23,9 +30,48 @@ def codec_of(msg: Message) -> Codec:
     return get_codec(name, fraction=float(config["wire-topk-fraction"])) if name == "delta-topk-int8" else get_codec(name)
 
 
-def receive(msg: Message, context: Context, codec: Codec) -> Arrays:
+class WireStore:
+    """A node's wire state on its own disk, one file per round it took part in (the last two kept).
+
+    Keyed by the run's key (kept across resumes, new for every new run) and the partition id (node ids
+    change when a run restarts): ``$FLOWERTUNE_HOME/client-state/<run key>/partition-<id>/round-N``.
+    """
+
+    def __init__(self, run_key: str, partition_id: int) -> None:
+        home = Path(os.environ.get("FLOWERTUNE_HOME", Path.home() / ".flowertune")).absolute()
+        safe = hashlib.sha256(run_key.encode()).hexdigest()[:16]
+        self.dir = home / "client-state" / safe / f"partition-{partition_id}"
+
+    def save(self, server_round: int, context: Context) -> None:
+        arrays = {f"{name}/{k}": v for name in (HELD, RESIDUAL) if name in context.state.array_records
+                  for k, v in from_array_record(context.state.array_records[name]).items()}
+        keys = {name: list(context.state.array_records[name].keys()) for name in (HELD, RESIDUAL)
+                if name in context.state.array_records}
+        meta = {"version": int(context.state.config_records[META]["version"]), "keys": keys}
+        save_state(self.dir / f"round-{server_round}.safetensors", meta, arrays)
+        prune(self.dir, 2)
+
+    def restore(self, server_round: int, context: Context) -> None:
+        """Put into ``context.state`` what this node held before ``server_round`` (if a file says so)."""
+        for r, path in round_files(self.dir):
+            if r >= server_round:
+                continue  # written by a round that a resumed run redoes
+            try:
+                meta, arrays = load_state(path)
+            except StateError:
+                continue
+            for name, keys in meta["keys"].items():
+                part = split_prefixed(arrays, name)
+                context.state[name] = to_array_record({k: part[k] for k in keys})
+            context.state[META] = ConfigRecord({"version": int(meta["version"])})
+            return
+
+
+def receive(msg: Message, context: Context, codec: Codec, store: WireStore | None = None) -> Arrays:
     """The global adapter this message carries, decoded against what this node holds; remembered."""
     config = msg.content["config"]
+    if store is not None and HELD not in context.state.array_records:
+        store.restore(int(config["server-round"]), context)
     base = int(config.get("wire-base", -1))
     held = from_array_record(context.state.array_records[HELD]) if HELD in context.state.array_records else None
     held_version = int(context.state.config_records[META]["version"]) if META in context.state.config_records else None
@@ -36,11 +82,20 @@ def receive(msg: Message, context: Context, codec: Codec) -> Arrays:
     return arrays
 
 
-def send(codec: Codec, arrays: Arrays, reference: Arrays, context: Context) -> ArrayRecord:
+def send(codec: Codec, arrays: Arrays, reference: Arrays, context: Context, store: WireStore | None = None,
+         server_round: int = 0) -> ArrayRecord:
     """The trained adapter encoded against ``reference``, carrying the residual to the next round."""
     residual = (from_array_record(context.state.array_records[RESIDUAL])
                 if RESIDUAL in context.state.array_records else None)
     payload, residual = codec.encode(arrays, reference, residual)
     if residual is not None:
         context.state[RESIDUAL] = to_array_record(residual)
+    if store is not None:
+        store.save(server_round, context)
     return to_array_record(payload)
+
+
+def store_for(msg: Message, codec: Codec, partition_id: int) -> WireStore | None:
+    """The node's on-disk wire state for this run, for delta codecs (what a resume needs), else None."""
+    run_key = str(msg.content["config"].get("run-key", ""))
+    return WireStore(run_key, partition_id) if codec.is_delta and run_key else None

@@ -102,6 +102,7 @@ def train_round(model: Any, examples: Sequence[Example], cfg: TrainConfig, lr: f
     """
     if not examples:
         raise ValueError("this client has no training examples; give it more data or fewer partitions")
+    torch.manual_seed(seed)  # dropout draws: the same round on the same partition is the same computation
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else []

@@ -31,12 +31,13 @@ def isolated_env(home: Path) -> dict[str, str]:
     return env
 
 
-def kill_processes_mentioning(text: str) -> None:
-    """Stop detached Flower processes started for one test (found by their private FLWR_HOME)."""
+def kill_processes_mentioning(text: str, sig: signal.Signals | None = None) -> None:
+    """Stop detached Flower processes started for one test (found by their private FLWR_HOME); ``sig``: send
+    only that signal (SIGKILL: a crash, no cleanup), default SIGTERM then SIGKILL."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, check=False).stdout
     pids = [int(pid) for pid, _, args in (line.strip().partition(" ") for line in out.splitlines())
             if text in args and int(pid) != os.getpid()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig in ((sig,) if sig else (signal.SIGTERM, signal.SIGKILL)):
         for pid in pids:
             try:
                 os.kill(pid, sig)

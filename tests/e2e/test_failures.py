@@ -1,0 +1,56 @@
+"""Bad input and failing clients, through the real simulation runtime with the tiny model: checks before
+start, a node that fails its check-in, and a run in which no client can train."""
+
+from __future__ import annotations
+
+import json
+
+from tests.e2e.helpers import read_jsonl, run_flowertune, tiny_overrides
+
+
+def test_bad_input_is_one_line_before_any_process_starts(tmp_path, tiny_model_dir, tiny_data_file):
+    cases = {
+        "static.dataset.name=/nonexistent.jsonl": "/nonexistent.jsonl' does not exist",
+        f"model.name={tmp_path / 'no-model'}": "does not exist",
+        "data.format=generic data.response-column=answer": "needs column 'answer'",
+    }
+    for override, expected in cases.items():
+        out = tmp_path / f"run-{len(override)}"
+        proc = run_flowertune(tmp_path / "home", "run", "--out", str(out),
+                              *tiny_overrides(tiny_model_dir, tiny_data_file), override, timeout=120)
+        assert proc.returncode == 2, (override, proc.stdout[-2000:], proc.stderr[-2000:])
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and expected in lines[0] and lines[0].startswith("flowertune run: "), (override, lines)
+        assert "SuperLink" not in proc.stdout and not out.exists()
+
+
+def test_a_node_that_fails_its_check_in_is_left_out_and_named(tmp_path, tiny_model_dir):
+    # 2 rows over 3 partitions: partition 2 is empty, so that node cannot train; the other two can
+    rows = [{"instruction": f"What is {w}?", "input": "", "output": f"{w} is a word."} for w in ("alpha", "beta")]
+    data = tmp_path / "two.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    proc = run_flowertune(tmp_path / "home", "run", "--num-supernodes", "3", "--out", str(out),
+                          *tiny_overrides(tiny_model_dir, data, **{"data.validation-fraction": 0.0,
+                                                                   "train.eval-every-round": 0,
+                                                                   "strategy.min-available-nodes": 2}))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert len(rows[0]["errors"]) == 1 and "partition 2 of 3" in rows[0]["errors"][0], rows[0]
+    assert all(r["clients"] == 2 and r["failures"] == 0 for r in rows[1:])
+    assert (out / "final_adapter/adapter_model.safetensors").is_file()
+
+
+def test_a_run_where_no_client_can_train_stops_without_a_final_adapter(tmp_path, tiny_model_dir, tiny_data_file):
+    out = tmp_path / "run"
+    # every prompt is longer than 16 tokens: each client has no training example, on every try
+    proc = run_flowertune(tmp_path / "home", "run", "--num-supernodes", "2", "--out", str(out),
+                          *tiny_overrides(tiny_model_dir, tiny_data_file, **{"train.seq-length": 16}))
+    assert proc.returncode != 0
+    assert "the run stopped: round 1: fewer than strategy.min-train-nodes=2 usable client updates in 2 tries" \
+        in proc.stderr, proc.stderr[-3000:]
+    assert "no training examples" in proc.stderr
+    assert not (out / "final_adapter").exists() and not (out / "summary.json").exists()
+    assert [r["round"] for r in read_jsonl(out / "metrics.jsonl")] == [0]
+    assert "--resume" in json.loads((out / "stopped.json").read_text())["reason"]
