@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from flowertune.config import Config
 from flowertune.federation.rundir import RunDir
 from flowertune.federation.state import split_prefixed
-from flowertune.federation.strategies import error_line, make_strategy, message_bytes
+from flowertune.federation.strategies import NodeWaitTimeout, error_line, make_strategy, message_bytes
 from flowertune.train.schedule import cosine_annealing
 from flowertune.wire import NodeCopy, to_array_record
 
@@ -205,7 +205,7 @@ def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float
     need = cfg.strategy.min_train_nodes
     errors: list[str] = []
     for attempt in range(cfg.strategy.round_retries + 1):
-        directory.wait(grid, max(cfg.strategy.min_available_nodes, 1), cfg.strategy.node_wait_timeout)
+        directory.wait(grid, max(cfg.strategy.min_available_nodes, need), cfg.strategy.node_wait_timeout)
         strategy.attempt = attempt
         config = ConfigRecord({"lr": lr, "run-key": progress.run_key})
         msgs = list(strategy.configure_train(r, progress.arrays, config, grid))
@@ -229,7 +229,11 @@ def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float
 def run_federation(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
     """Run (or, with ``run.resume``, continue) ``num-server-rounds`` rounds into ``run_dir``; returns the summary."""
     try:
-        return _run(grid, cfg, run_dir)
+        try:
+            return _run(grid, cfg, run_dir)
+        except NodeWaitTimeout as exc:
+            raise RunStopped(f"{exc} after {cfg.strategy.node_wait_timeout:.0f} s: start the missing SuperNodes and "
+                             "continue with `flowertune run --resume RUN_DIR`") from exc
     except RunStopped as exc:
         run_dir.stopped(str(exc))
         log.error("run stopped: %s", exc)
@@ -246,6 +250,7 @@ def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
     strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, **options)
     directory = NodeDirectory(timeout=cfg.strategy.round_timeout)
     strategy.node_order = directory.order
+    strategy.node_wait_s = cfg.strategy.node_wait_timeout
     rounds = cfg.run.num_server_rounds
     eval_every = cfg.train.eval_every_round
     mirror: dict[int, NodeCopy] = {}

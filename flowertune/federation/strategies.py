@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,19 +47,30 @@ class RoundTraffic:
     errors: list[str] = field(default_factory=list)
 
 
+class NodeWaitTimeout(RuntimeError):
+    """Flower's sampling waited longer than ``strategy.node-wait-timeout`` for enough nodes."""
+
+
 class _SortedGrid:
     """A Grid view listing only usable nodes, in a stable order, so that seeded sampling is reproducible.
 
     ``order`` maps the connected node ids to the usable ones in sampling order: by partition id (node
-    ids are random per run, partitions are not), so the same seed samples the same partitions.
+    ids are random per run, partitions are not), so the same seed samples the same partitions. Flower's
+    ``sample_nodes`` polls ``get_node_ids`` without end while too few nodes are connected; this view
+    raises :class:`NodeWaitTimeout` once that has gone on for ``deadline_s`` seconds.
     """
 
-    def __init__(self, grid: Grid, order: Callable[[Iterable[int]], list[int]] = sorted) -> None:
+    def __init__(self, grid: Grid, order: Callable[[Iterable[int]], list[int]] = sorted,
+                 deadline_s: float = float("inf")) -> None:
         self._grid = grid
         self._order = order
+        self._deadline = time.monotonic() + deadline_s
 
     def get_node_ids(self) -> list[int]:
-        return self._order(self._grid.get_node_ids())
+        nodes = self._order(self._grid.get_node_ids())
+        if time.monotonic() > self._deadline:
+            raise NodeWaitTimeout(f"only {len(nodes)} usable SuperNodes connected (strategy.node-wait-timeout)")
+        return nodes
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -79,6 +91,7 @@ class FlowerTuneMixin:
         self._global: dict[str, np.ndarray] = {}
         self.node_order: Callable[[Iterable[int]], list[int]] = sorted  # set by the server loop (partition order)
         self.attempt = 0  # > 0 when a round is resampled after too few usable updates
+        self.node_wait_s = float("inf")  # how long Flower's sampling may wait for nodes (set by the server loop)
 
     def _seeded(self, salt: int, fn: Callable[[], Any]) -> Any:
         with _RANDOM_LOCK:
@@ -94,7 +107,7 @@ class FlowerTuneMixin:
         self._shapes = {k: tuple(a.shape) for k, a in arrays.items()}
         salt = 2 * server_round + 1_000_033 * self.attempt
         msgs = list(self._seeded(salt, lambda: super(FlowerTuneMixin, self).configure_train(
-            server_round, arrays, config, _SortedGrid(grid, self.node_order))))
+            server_round, arrays, config, _SortedGrid(grid, self.node_order, self.node_wait_s))))
         msgs = self._encode_downlink(server_round, arrays, msgs)
         self.traffic = RoundTraffic(down=message_bytes(msgs))
         return msgs
@@ -129,7 +142,7 @@ class FlowerTuneMixin:
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         msgs = list(self._seeded(2 * server_round + 1, lambda: super(FlowerTuneMixin, self).configure_evaluate(
-            server_round, arrays, config, _SortedGrid(grid, self.node_order))))
+            server_round, arrays, config, _SortedGrid(grid, self.node_order, self.node_wait_s))))
         self.traffic.eval_down += message_bytes(msgs)
         return msgs
 
@@ -189,7 +202,8 @@ class FlowerTuneMixin:
         return super().aggregate_evaluate(server_round, usable) if usable else None  # type: ignore[misc]
 
     # -- state for resume ------------------------------------------------------------------------------
-    _OWN = frozenset({"traffic", "codec", "downlink", "_global", "_shapes", "seed", "node_order", "attempt"})
+    _OWN = frozenset({"traffic", "codec", "downlink", "_global", "_shapes", "seed", "node_order", "attempt",
+                      "node_wait_s"})
 
     def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """What the wrapped strategy carries between rounds (FedAdam's moments, FedAvgM's momentum...).
@@ -252,12 +266,14 @@ STRATEGIES: Registry[Callable[[StrategyConfig], Any]] = Registry("strategy")
 
 
 def _common(cfg: StrategyConfig) -> dict[str, Any]:
+    # strategy.min-available-nodes is waited for by the server loop, with a deadline and before training
+    # only: Flower's strategies would wait for it without end, before the evaluation too
     return {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": cfg.fraction_evaluate,
         "min_train_nodes": cfg.min_train_nodes,
         "min_evaluate_nodes": 1,
-        "min_available_nodes": cfg.min_available_nodes,
+        "min_available_nodes": 1,
     }
 
 

@@ -26,7 +26,7 @@ def isolated_env(home: Path) -> dict[str, str]:
     env.update({
         "FLOWERTUNE_HOME": str(home), "FLWR_HOME": str(home / "flwr"), "HF_HUB_OFFLINE": "1",
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-        "RAY_DEDUP_LOGS": "0",
+        "RAY_DEDUP_LOGS": "0", "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
     })
     return env
 
