@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("run", "eval", "leaderboard", "keys", "recipes", "build_data")
+COMMANDS = ("run", "eval", "leaderboard", "keys", "recipes", "build_data", "certs", "register")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -138,14 +138,22 @@ def flwr_command(cfg: Config, run_config: Path, num_supernodes: int, superlink: 
     return cmd
 
 
-def ensure_connection(name: str, address: str, env: dict[str, str]) -> None:
-    """Add an insecure SuperLink connection ``name`` to ``$FLWR_HOME/config.toml`` if missing."""
+def connection_name(address: str, root_certificates: str | None) -> str:
+    """The name of flowertune's SuperLink connection for ``address`` (TLS and insecure ones differ)."""
+    return ("flowertune-tls-" if root_certificates else "flowertune-") + address.replace(":", "-").replace(".", "-")
+
+
+def ensure_connection(name: str, address: str, env: dict[str, str], root_certificates: str | None = None) -> None:
+    """Add a SuperLink connection ``name`` to ``$FLWR_HOME/config.toml`` if missing: TLS with the CA
+    certificate ``root_certificates``, else insecure."""
     home = Path(env["FLWR_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "config.toml"
     text = cfg.read_text() if cfg.exists() else '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
     if f"[superlink.{name}]" not in text:
-        text += f'\n[superlink.{name}]\naddress = "{address}"\ninsecure = true\n'
+        security = (f"root-certificates = {json.dumps(str(Path(root_certificates).absolute()))}\n" if root_certificates
+                    else "insecure = true\n")
+        text += f'\n[superlink.{name}]\naddress = "{address}"\n{security}'
         cfg.write_text(text)
 
 
@@ -165,6 +173,9 @@ def handle(args: argparse.Namespace) -> int:
             if args.force:
                 raise ConfigError("--force only applies to --resume")
             cfg = resolve_cli(args.preset, overrides, args.out, sources, args.recipe)
+        if args.root_certificates and not (args.superlink and Path(args.root_certificates).is_file()):
+            raise ConfigError(f"--root-certificates {args.root_certificates}: needs --superlink and an existing CA "
+                              "certificate file (make one with `flowertune certs DIR`)")
         if args.dry_run:
             print_config(cfg, sources)
             return 0
@@ -178,8 +189,8 @@ def handle(args: argparse.Namespace) -> int:
     env = flwr_env()
     superlink = None
     if args.superlink:
-        superlink = "flowertune-" + args.superlink.replace(":", "-").replace(".", "-")
-        ensure_connection(superlink, args.superlink, env)
+        superlink = connection_name(args.superlink, args.root_certificates)
+        ensure_connection(superlink, args.superlink, env, args.root_certificates)
     run_path = Path(cfg.run.output_dir)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = flwr_command(cfg, write_run_config(cfg, Path(tmp)), num, superlink)
@@ -222,6 +233,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--num-supernodes", type=int, help="simulated SuperNodes (default: the preset's)")
     p.add_argument("--out", help="run directory (default ~/flowertune-runs/<time>-<recipe or preset>)")
     p.add_argument("--superlink", help="HOST:PORT of a running SuperLink (deployment mode)")
+    p.add_argument("--root-certificates", metavar="CA_CRT",
+                   help="with --superlink: connect over TLS, trusting this CA certificate (see `flowertune certs`)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a killed or stopped run from its last completed round, with its own config "
                         "(overrides that change it are refused; see --force)")

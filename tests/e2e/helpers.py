@@ -37,10 +37,10 @@ def kill_processes_mentioning(text: str, sig: signal.Signals | None = None) -> N
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, check=False).stdout
     pids = [int(pid) for pid, _, args in (line.strip().partition(" ") for line in out.splitlines())
             if text in args and int(pid) != os.getpid()]
-    for sig in ((sig,) if sig else (signal.SIGTERM, signal.SIGKILL)):
+    for each in ((sig,) if sig else (signal.SIGTERM, signal.SIGKILL)):
         for pid in pids:
             try:
-                os.kill(pid, sig)
+                os.kill(pid, each)
             except ProcessLookupError:
                 pass
         time.sleep(2)

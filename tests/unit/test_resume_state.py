@@ -26,8 +26,8 @@ def test_state_file_round_trips_and_a_truncated_one_is_refused(tmp_path):
     path = save_state(tmp_path / "round-1.safetensors", {"round": 1, "k": [1, 2]}, a)
     meta, back = load_state(path)
     assert meta == {"round": 1, "k": [1, 2]} and set(back) == set(a)
-    for k in a:
-        assert back[k].dtype == a[k].dtype and np.array_equal(back[k], a[k])
+    for k, v in a.items():
+        assert back[k].dtype == v.dtype and np.array_equal(back[k], v)
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) - 5])
     with pytest.raises(StateError, match="truncated|checksum"):

@@ -1,0 +1,81 @@
+"""Secure deployment on loopback: TLS (certificates from `flowertune certs`) and Flower's SuperNode
+authentication (keys registered with `flowertune register`). Registered SuperNodes train; a SuperNode with
+an unregistered key is refused by the SuperLink."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+from tests.e2e.helpers import BIN, free_port, isolated_env, kill_processes_mentioning, read_jsonl, tiny_overrides
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model_dir, tiny_data_file):
+    env = isolated_env(tmp_path)
+    certs = tmp_path / "certs"
+    made = subprocess.run([str(BIN / "flowertune"), "certs", str(certs), "--supernodes", "3"], env=env,
+                          capture_output=True, text=True, check=False)
+    assert made.returncode == 0, made.stderr
+    assert (certs / "supernode-0.key").stat().st_mode & 0o077 == 0 and (certs / "ca.key").stat().st_mode & 0o077 == 0
+    port = free_port()
+    logs, procs = [], {}
+
+    def start(name, args):
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed below
+        logs.append(log)
+        procs[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    def supernode(name, key, pid):
+        start(name, [str(BIN / "flower-supernode"), "--root-certificates", str(certs / "ca.crt"),
+                     "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key", str(certs / key),
+                     "--node-config", f"partition-id={pid} num-partitions=2", "--port", str(free_port())])
+
+    out = tmp_path / "run"
+    try:
+        start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+                            "--ssl-certfile", str(certs / "superlink.crt"), "--ssl-keyfile", str(certs / "superlink.key"),
+                            "--enable-supernode-auth", "--disable-runtime-dependency-installation", "--port", str(port)])
+        wait_port(port)
+        reg = subprocess.run([str(BIN / "flowertune"), "register", str(certs / "supernode-0.pub"),
+                              str(certs / "supernode-1.pub"), "--superlink", f"127.0.0.1:{port}",
+                              "--root-certificates", str(certs / "ca.crt")],
+                             env=env, capture_output=True, text=True, check=False, timeout=120)
+        assert reg.returncode == 0, reg.stdout + reg.stderr
+        supernode("supernode0", "supernode-0.key", 0)
+        supernode("supernode1", "supernode-1.key", 1)
+        supernode("intruder", "supernode-2.key", 0)  # a valid TLS client whose key nobody registered
+        run = subprocess.run([str(BIN / "flowertune"), "run", "--superlink", f"127.0.0.1:{port}",
+                              "--root-certificates", str(certs / "ca.crt"), "--out", str(out),
+                              *tiny_overrides(tiny_model_dir, tiny_data_file, **{"strategy.min-available-nodes": 2})],
+                             env=env, capture_output=True, text=True, check=False, timeout=900)
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
+        kill_processes_mentioning(str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + (tmp_path / "superlink.log").read_text()[-3000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["clients"] == 2 and r["replies"] == 2 and r["failures"] == 0 for r in rows[1:])
+    # the SuperLink activated the two registered keys only and refused the third; the intruder kept failing
+    link = (tmp_path / "superlink.log").read_text()
+    assert link.count("[Fleet.ActivateNode] Activated node_id") == 2, link[-3000:]
+    assert "No SuperNode found with the given public key" in link
+    assert "Connection attempt failed" in (tmp_path / "intruder.log").read_text()
