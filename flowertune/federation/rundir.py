@@ -162,7 +162,14 @@ def newest_state(run: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def resume_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``key: stored -> new`` for every key whose value differs (the keys that only say how a run starts aside)."""
+    """``key: stored -> new`` for every key whose value differs (the keys that only say how a run starts aside).
+
+    A key the stored config lacks (a run made before the key existed) counts as its default.
+    """
+    from flowertune.config import flat_defaults
+
+    defaults = flat_defaults()
+    stored = {**defaults, **stored}
     out = []
     for k in sorted(set(stored) | set(new)):
         if k in RESUME_IGNORED or stored.get(k) == new.get(k):

@@ -115,6 +115,10 @@ def test_resume_refuses_a_changed_config_and_names_the_keys(tmp_path):
         check_resumable(run, more_rounds, force=False)
     check_resumable(run, more_rounds, force=True)
     assert resume_differences(cfg, {**cfg, "run.resume": True}) == []
+    # a run made before a key existed: the missing key counts as its default
+    older = {k: v for k, v in cfg.items() if k != "strategy.round-retries"}
+    assert resume_differences(older, cfg) == []
+    assert resume_differences(older, {**cfg, "strategy.round-retries": 3}) == ["strategy.round-retries: 1 -> 3"]
 
 
 def _cfg(path):
