@@ -185,7 +185,7 @@ class FlowerTuneMixin:
                 self.traffic.rejected.append(f"node {node}: {reason}")
                 log.warning("round %d: rejected the update of node %s: %s", server_round, node, reason)
         self.downlink.settle(accepted)  # a node whose reply did not make it gets the full adapter next time
-        self.traffic.accepted = len(good)
+        self.traffic.accepted = sum(1 for m in good if not m.has_error())  # Flower drops the error replies
         return super().aggregate_train(server_round, good)  # type: ignore[misc]
 
     def in_node_order(self, replies: Iterable[Message]) -> list[Message]:
