@@ -163,6 +163,8 @@ def handle(args: argparse.Namespace) -> int:
     sources: dict[str, str] = {}
     try:
         overrides = parse_overrides(args.run_config + args.overrides)
+        if args.num_supernodes:  # recorded in the run's config: a resume simulates the same federation
+            overrides["num-supernodes"] = args.num_supernodes
         if args.resume:
             if args.preset or args.recipe or args.out:
                 raise ConfigError("--resume takes the config from RUN_DIR/config.json; drop --preset/--recipe/--out "
@@ -185,7 +187,7 @@ def handle(args: argparse.Namespace) -> int:
     except (ConfigError, KeyError) as exc:
         print(f"flowertune run: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
-    num = args.num_supernodes or cfg.run.num_supernodes
+    num = cfg.run.num_supernodes
     env = flwr_env()
     superlink = None
     if args.superlink:

@@ -32,11 +32,18 @@ def isolated_env(home: Path) -> dict[str, str]:
 
 
 def kill_processes_mentioning(text: str, sig: signal.Signals | None = None) -> None:
-    """Stop detached Flower processes started for one test (found by their private FLWR_HOME); ``sig``: send
-    only that signal (SIGKILL: a crash, no cleanup), default SIGTERM then SIGKILL."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, check=False).stdout
-    pids = [int(pid) for pid, _, args in (line.strip().partition(" ") for line in out.splitlines())
-            if text in args and int(pid) != os.getpid()]
+    """Stop detached Flower processes started for one test (found by their private FLWR_HOME) and every process
+    under them (``flwr-simulation``, which runs the ServerApp, does not name the home); ``sig``: send only that
+    signal (SIGKILL: a crash, no cleanup), default SIGTERM then SIGKILL."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True,
+                         check=False).stdout
+    procs = [(int(f[0]), int(f[1]), f[2] if len(f) > 2 else "") for f in (ln.split(None, 2) for ln in out.splitlines())]
+    pids = {pid for pid, _, args in procs if text in args and pid != os.getpid()}
+    grown = True
+    while grown:  # add descendants
+        more = {pid for pid, ppid, _ in procs if ppid in pids and pid != os.getpid()}
+        grown = not more <= pids
+        pids |= more
     for each in ((sig,) if sig else (signal.SIGTERM, signal.SIGKILL)):
         for pid in pids:
             try:
