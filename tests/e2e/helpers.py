@@ -83,3 +83,34 @@ def assert_quickstart_loss_falls(proc: subprocess.CompletedProcess, out: Path) -
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert rows[3]["eval_loss"] < rows[0]["eval_loss"], [r["eval_loss"] for r in rows]
     return rows
+
+
+class Processes:
+    """Named background processes of one test, each logging to ``<dir>/<name>.log``; ``close`` stops them all
+    (and whatever they started under ``dir``'s private home)."""
+
+    def __init__(self, directory: Path, env: dict[str, str]) -> None:
+        self.dir, self.env = directory, env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._logs: list = []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.dir / f"{name}.log", "a")  # noqa: SIM115 - closed in close()
+        self._logs.append(log)
+        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        return self.procs[name]
+
+    def log(self, name: str) -> str:
+        return (self.dir / f"{name}.log").read_text()
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in self._logs:
+            log.close()
+        kill_processes_mentioning(str(self.dir))

@@ -6,39 +6,23 @@ import time
 
 import pytest
 
-from tests.e2e.helpers import BIN, free_port, isolated_env, kill_processes_mentioning, read_jsonl, tiny_overrides
+from tests.e2e.helpers import BIN, Processes, free_port, isolated_env, read_jsonl, tiny_overrides
 
 
 @pytest.fixture
 def federation(tmp_path):
     env = isolated_env(tmp_path)
     port = free_port()
-    procs = []
-    logs = []
-
-    def start(args, name):
-        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed in teardown
-        logs.append(log)
-        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path))
-
-    start([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-           "--port", str(port)], "superlink")
+    group = Processes(tmp_path, env)
+    group.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+                              "--port", str(port)])
     time.sleep(3)
     for pid in (0, 1):
-        start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-               "--node-config", f"partition-id={pid} num-partitions=2", "--port", str(free_port())],
-              f"supernode{pid}")
+        group.start(f"supernode{pid}", [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                                        "--node-config", f"partition-id={pid} num-partitions=2",
+                                        "--port", str(free_port())])
     yield env, port, tmp_path
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-    for log in logs:
-        log.close()
-    kill_processes_mentioning(str(tmp_path))
+    group.close()
 
 
 def test_two_rounds_on_loopback_deployment(federation, tiny_model_dir, tiny_data_file):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from tests.e2e.helpers import BIN, free_port, isolated_env, kill_processes_mentioning, read_jsonl, tiny_overrides
+from tests.e2e.helpers import BIN, Processes, free_port, isolated_env, read_jsonl, tiny_overrides
 
 
 def worker_pids(home) -> list[int]:
@@ -28,14 +28,9 @@ def wait_for(predicate, timeout, what):
 
 
 def test_a_node_killed_mid_round_is_counted_its_worker_exits_and_it_rejoins(tmp_path, tiny_model_dir, tiny_data_file):
-    env = isolated_env(tmp_path)
     port = free_port()
-    logs, procs = [], {}
-
-    def start(name, args):
-        log = open(tmp_path / f"{name}.log", "a")  # noqa: SIM115 - closed below
-        logs.append(log)
-        procs[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    group = Processes(tmp_path, isolated_env(tmp_path))
+    start, procs = group.start, group.procs
 
     def supernode(pid):
         start(f"supernode{pid}", [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
@@ -69,17 +64,8 @@ def test_a_node_killed_mid_round_is_counted_its_worker_exits_and_it_rejoins(tmp_
         supernode(2)  # same partition, a new node id
         procs["flowertune"].wait(timeout=600)
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for log in logs:
-            log.close()
-        kill_processes_mentioning(str(tmp_path))
-    text = (tmp_path / "flowertune.log").read_text()
+        group.close()
+    text = group.log("flowertune")
     assert procs["flowertune"].returncode == 0, text[-4000:]
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 
-from tests.e2e.helpers import BIN, free_port, isolated_env, kill_processes_mentioning, read_jsonl, tiny_overrides
+from tests.e2e.helpers import BIN, Processes, free_port, isolated_env, read_jsonl, tiny_overrides
 
 
 def wait_port(port: int, timeout: float = 60) -> None:
@@ -29,12 +29,8 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
     assert made.returncode == 0, made.stderr
     assert (certs / "supernode-0.key").stat().st_mode & 0o077 == 0 and (certs / "ca.key").stat().st_mode & 0o077 == 0
     port = free_port()
-    logs, procs = [], {}
-
-    def start(name, args):
-        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed below
-        logs.append(log)
-        procs[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    group = Processes(tmp_path, env)
+    start = group.start
 
     def supernode(name, key, pid):
         start(name, [str(BIN / "flower-supernode"), "--root-certificates", str(certs / "ca.crt"),
@@ -60,22 +56,13 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
                               *tiny_overrides(tiny_model_dir, tiny_data_file, **{"strategy.min-available-nodes": 2})],
                              env=env, capture_output=True, text=True, check=False, timeout=900)
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for log in logs:
-            log.close()
-        kill_processes_mentioning(str(tmp_path))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + (tmp_path / "superlink.log").read_text()[-3000:]
+        group.close()
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + group.log("superlink")[-3000:]
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["clients"] == 2 and r["replies"] == 2 and r["failures"] == 0 for r in rows[1:])
     # the SuperLink activated the two registered keys only and refused the third; the intruder kept failing
-    link = (tmp_path / "superlink.log").read_text()
+    link = group.log("superlink")
     assert link.count("[Fleet.ActivateNode] Activated node_id") == 2, link[-3000:]
     assert "No SuperNode found with the given public key" in link
-    assert "Connection attempt failed" in (tmp_path / "intruder.log").read_text()
+    assert "Connection attempt failed" in group.log("intruder")
