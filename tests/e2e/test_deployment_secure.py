@@ -1,9 +1,11 @@
 """Secure deployment on loopback: TLS (certificates from `flowertune certs`) and Flower's SuperNode
-authentication (keys registered with `flowertune register`). Registered SuperNodes train; a SuperNode with
-an unregistered key is refused by the SuperLink."""
+authentication (keys registered with `flowertune register`). Registered SuperNodes train 2 rounds with the
+model resident in their workers; a SuperNode with an unregistered key is refused by the SuperLink. (The
+insecure deployment path is exercised by test_deployment_churn.py.)"""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -61,6 +63,10 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["clients"] == 2 and r["replies"] == 2 and r["failures"] == 0 for r in rows[1:])
+    # one model load per node for the whole run: the resident worker kept it across rounds (Flower starts a
+    # fresh flwr-clientapp process per message in deployment)
+    assert all(r["client_model_loads"] == 1.0 for r in rows[1:])
+    assert rows[-1]["eval_loss"] > 0 and json.loads((out / "summary.json").read_text())["rounds"] == 2
     # the SuperLink activated the two registered keys only and refused the third; the intruder kept failing
     link = group.log("superlink")
     assert link.count("[Fleet.ActivateNode] Activated node_id") == 2, link[-3000:]
