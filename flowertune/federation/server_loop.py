@@ -198,7 +198,8 @@ def _restore_mirror(strategy: Any, directory: NodeDirectory, pending: dict[int, 
 
 
 def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float, cfg: Config,
-                directory: NodeDirectory) -> tuple[ArrayRecord | None, Any, list[Message], list[Message], list[str]]:
+                directory: NodeDirectory, mirror: dict[int, NodeCopy] | None = None,
+                ) -> tuple[ArrayRecord | None, Any, list[Message], list[Message], list[str]]:
     """One training round, resampled up to ``strategy.round-retries`` times while fewer than
     ``strategy.min-train-nodes`` usable updates come back; :class:`RunStopped` when none of the tries has them.
     """
@@ -206,6 +207,7 @@ def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float
     errors: list[str] = []
     for attempt in range(cfg.strategy.round_retries + 1):
         directory.wait(grid, max(cfg.strategy.min_available_nodes, need), cfg.strategy.node_wait_timeout)
+        _restore_mirror(strategy, directory, mirror or {})  # nodes of a resumed run that checked in just now
         strategy.attempt = attempt
         config = ConfigRecord({"lr": lr, "run-key": progress.run_key})
         msgs = list(strategy.configure_train(r, progress.arrays, config, grid))
@@ -277,9 +279,8 @@ def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
     for r in range(progress.round + 1, rounds + 1):
         t0 = time.perf_counter()
         lr = cosine_annealing(r, rounds, cfg.train.learning_rate_max, cfg.train.learning_rate_min)
-        directory.refresh(grid)
-        _restore_mirror(strategy, directory, mirror)
-        new_arrays, train_metrics, msgs, replies, errors = train_round(strategy, grid, r, progress, lr, cfg, directory)
+        new_arrays, train_metrics, msgs, replies, errors = train_round(strategy, grid, r, progress, lr, cfg, directory,
+                                                                       mirror)
         progress.arrays = new_arrays
         traffic = strategy.traffic
         if not progress.warned and progress.cumulative > BUDGET_MB * MB:
