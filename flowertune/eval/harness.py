@@ -209,6 +209,7 @@ def evaluate(model: Any, tokenizer: Any, benchmark_names: Sequence[str], data_di
     results: dict[str, dict[str, Any]] = {}
     for bench in benches:
         items = bench.load(data_dir)
+        n_total = len(items)
         if limit is not None:
             items = items[:limit]
         start = time.perf_counter()
@@ -219,6 +220,8 @@ def evaluate(model: Any, tokenizer: Any, benchmark_names: Sequence[str], data_di
         results[bench.name] = {
             "score": float(metrics["score"]),
             "n": len(items),
+            "n_total": n_total,  # the full split: n < n_total only under --limit (then not a leaderboard score)
+            "limit": limit,
             "protocol": bench.protocol,
             "seconds": round(seconds, 3),
             "items_per_s": round(len(items) / seconds, 3) if seconds > 0 else None,

@@ -49,12 +49,11 @@ def challenge_scores(results: Mapping[str, Any], challenge: str) -> dict[str, fl
     return {name: (float(results[name]["score"]) if name in results else None) for name in SUITES[challenge]}
 
 
-def format_table(results: Mapping[str, Any], challenge: str | None = None, run_dir: Path | None = None) -> str:
-    """A markdown table like the leaderboard's: one column per benchmark, the average, and comm. cost.
-
-    The average is over the benchmarks present and is marked ``(partial)`` when some are missing; the ``n``
-    row shows how many items each score rests on (a ``--limit`` run shows up there).
-    """
+def leaderboard_rows(results: Mapping[str, Any], challenge: str | None = None, comm_mb: float | None = None,
+                     with_comm: bool = False) -> tuple[str, list[str], list[str], list[str]]:
+    """``(challenge, header, score row, n row)`` in the leaderboard's columns: one per benchmark, the average
+    (over the benchmarks present, marked ``(partial)`` when some are missing) and, ``with_comm``, the comm. cost.
+    The ``n`` row shows how many items each score rests on (a ``--limit`` run shows up there)."""
     challenge = challenge or guess_challenge(results)
     if challenge is None:
         raise ValueError("results.json holds no benchmark of any challenge; pass --challenge")
@@ -68,11 +67,24 @@ def format_table(results: Mapping[str, Any], challenge: str | None = None, run_d
         counts = [str(int(results.get("mmlu", {}).get(f"n_{k}", 0))) for k in scores] + [""]
     else:
         counts = [str(results[k]["n"]) if k in results else "-" for k in scores] + [""]
-    if run_dir is not None:
-        mb = communication_mb(run_dir)
+    if with_comm:
         header.append("Comm. Costs")
-        row.append("-" if mb is None else f"{mb:,.2f} MB")
+        row.append("-" if comm_mb is None else f"{comm_mb:,.2f} MB")
         counts.append("")
+    return challenge, header, row, counts
+
+
+def average_score(results: Mapping[str, Any], challenge: str) -> float | None:
+    """The leaderboard average of ``challenge`` (None unless every benchmark of it was run)."""
+    scores = challenge_scores(results, challenge)
+    values = [v for v in scores.values() if v is not None]
+    return sum(values) / len(values) if values and len(values) == len(scores) else None
+
+
+def format_table(results: Mapping[str, Any], challenge: str | None = None, run_dir: Path | None = None) -> str:
+    """A markdown table like the leaderboard's: one column per benchmark, the average, and comm. cost."""
+    comm = communication_mb(run_dir) if run_dir is not None else None
+    challenge, header, row, counts = leaderboard_rows(results, challenge, comm, with_comm=run_dir is not None)
     lines = [
         f"Challenge: {challenge}",
         "",

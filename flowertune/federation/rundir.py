@@ -7,6 +7,9 @@
     <run>/summary.json      what the run did, written at the end
     <run>/state/round-N.safetensors   the server's state after round N (the last two kept; for --resume)
     <run>/stopped.json      why the run stopped early, when it did (removed when a resume finishes)
+    <run>/run.log           everything Flower, Ray and flowertune printed (written by `flowertune run`)
+    <run>/eval/results.json, eval/items-<benchmark>.jsonl   `flowertune eval --run`
+    <run>/report.md, report.html, plots/*.png              `flowertune report` (also after every run and eval)
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ SUMMARY = "summary.json"
 FINAL = "final_adapter"
 STATE = "state"
 STOPPED = "stopped.json"
+EVAL = "eval"
+LOG = "run.log"
 KEEP_STATES = 2
 # keys that do not change what a run computes up to its last round, or that the user may change mid-run with
 # --force (more rounds: the cosine schedule is recomputed over the new length from the next round on)
@@ -44,7 +49,8 @@ RESUME_SAFE = frozenset({"num-server-rounds", "strategy.round-timeout", "strateg
                          "strategy.round-retries", "train.save-every-round", "train.eval-every-round",
                          "run.client-worker"})
 # keys that say how the run was started, not what it computes
-RESUME_IGNORED = frozenset({"run.resume", "run.resume-force", "run.preset-applied", "run.output-dir"})
+RESUME_IGNORED = frozenset({"run.resume", "run.resume-force", "run.preset-applied", "run.output-dir",
+                            "run.progress-every-s", "run.metric-sinks"})
 
 
 def default_run_path(cfg: Config) -> Path:
@@ -194,8 +200,53 @@ def check_resumable(run: Path, new: Mapping[str, Any], force: bool) -> None:
 
 
 def read_config(run: Path) -> dict[str, Any]:
-    """The resolved flat config of a run directory."""
-    return json.loads((Path(run) / CONFIG).read_text())["config"]
+    """The resolved flat config of a run directory; a key its run predates counts as its default."""
+    from flowertune.config import flat_defaults
+
+    return {**flat_defaults(), **json.loads((Path(run) / CONFIG).read_text())["config"]}
+
+
+def read_meta(run: Path) -> dict[str, Any]:
+    """When and with which library versions a run started (and when it was resumed)."""
+    return json.loads((Path(run) / CONFIG).read_text()).get("meta", {})
+
+
+def read_summary(run: Path) -> dict[str, Any] | None:
+    """``summary.json`` of a finished run (None while it runs or after a crash)."""
+    p = Path(run) / SUMMARY
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def read_stopped(run: Path) -> str | None:
+    """Why the run stopped early (None unless it did)."""
+    p = Path(run) / STOPPED
+    return str(json.loads(p.read_text())["reason"]) if p.is_file() else None
+
+
+def read_eval(run: Path) -> dict[str, Any] | None:
+    """``eval/results.json`` of the run (None before ``flowertune eval --run``)."""
+    p = Path(run) / EVAL / "results.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def eval_item_files(run: Path) -> list[Path]:
+    """The per-item generation files of the run's evaluation."""
+    return sorted((Path(run) / EVAL).glob("items-*.jsonl"))
+
+
+def final_adapter(run: Path) -> Path | None:
+    """The run's final PEFT adapter directory (None unless it was written)."""
+    p = Path(run) / FINAL
+    return p if (p / "adapter_config.json").is_file() else None
+
+
+def is_run_dir(run: Path) -> bool:
+    return (Path(run) / CONFIG).is_file()
+
+
+def has_state(run: Path) -> bool:
+    """Whether the run saved a server state to resume from."""
+    return bool(round_files(Path(run) / STATE))
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
