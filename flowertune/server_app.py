@@ -11,6 +11,7 @@ from flowertune.config import resolve
 from flowertune.federation.rundir import RunDir
 from flowertune.federation.server_loop import run_federation
 from flowertune.logs import setup_logging
+from flowertune.report import write_report_quietly
 
 app = ServerApp()
 
@@ -24,4 +25,7 @@ def main(grid: Grid, context: Context) -> None:
     logging.getLogger(__name__).info("flowertune run: %s preset %s, %d rounds -> %s",
                                      "resuming" if cfg.run.resume else "new run,", cfg.run.preset,
                                      cfg.run.num_server_rounds, run_dir.path)
-    run_federation(grid, cfg, run_dir)
+    try:
+        run_federation(grid, cfg, run_dir)
+    finally:  # finished or stopped: the report says which, with every round recorded so far
+        write_report_quietly(run_dir.path)

@@ -94,6 +94,10 @@ def handler(args: argparse.Namespace) -> int:
     results = evaluate(model, tokenizer, names, data_dir_from(args.data_dir), args.limit, args.batch_size,
                        Path(out), progress=not args.no_progress)
     print(f"results: {Path(out) / 'results.json'}")
+    if args.run is not None:
+        from flowertune.report import write_report_quietly
+
+        write_report_quietly(args.run)
     try:
         print(format_table(results, run_dir=args.run))
     except ValueError:
