@@ -1,0 +1,201 @@
+"""Reports, submissions and sweeps read back from run directories written the way a run writes them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flowertune.config import from_flat, layer
+from flowertune.federation.rundir import RunDir, read_config
+from flowertune.report import write_report
+from flowertune.report.methodology import methodology
+from flowertune.report.plots import figures
+from flowertune.report.submission import IncompleteRun, build_submission, missing
+from flowertune.report.tables import reproduce_command
+
+MB = 1024**2
+
+
+def fake_rows(rounds: int, eval_every: int = 2) -> list[dict]:
+    rows = [{"round": 0, "eval_loss": 3.5, "bytes_init": 1000, "wall_s": 1.0, "errors": []}]
+    for r in range(1, rounds + 1):
+        rows.append({
+            "round": r, "lr": 1e-3 / r, "train_loss": 2.0 / r, "eval_loss": (3.0 / r if r % eval_every == 0 else None),
+            "clients": 2, "replies": 2, "failures": 0, "rejected": [], "errors": [], "tries": 1,
+            "bytes_down": 3 * MB, "bytes_up": 3 * MB + 17, "bytes_round": 6 * MB + 17,
+            "bytes_cumulative": r * (6 * MB + 17), "bytes_eval_down": 0, "client_tokens_per_s": 100.0 + r,
+            "client_model_loads": 1.0, "client_rss_mb": 500.0, "client_peak_rss_mb": 600.0 + r, "round_s": 10.0 + r,
+            "wall_s": 1.0 + 11 * r,
+        })
+    return rows
+
+
+def make_run(tmp_path: Path, preset: str = "finance", rounds: int = 3, finished: bool = True,
+             results: dict | None = None, **user) -> Path:
+    flat, _ = layer(preset, {"num-server-rounds": rounds, "run.output-dir": str(tmp_path / "run"), **user})
+    run = RunDir.create(from_flat(flat))
+    for row in fake_rows(rounds):
+        run.log(row)
+    if finished:
+        arrays = {"base_model.model.layers.0.q_proj.lora_A.weight": np.ones((2, 4), np.float32)}
+        run.finish(arrays, {"peft_type": "LORA", "r": 2}, {"rounds": rounds, "wall_s": 42.0, "eval_loss_first": 3.5,
+                                                            "eval_loss_last": 1.0})
+    if results is not None:
+        (run.path / "eval").mkdir()
+        (run.path / "eval" / "results.json").write_text(json.dumps(results))
+        for name in results:
+            (run.path / "eval" / f"items-{name}.jsonl").write_text('{"id": 0}\n')
+    return run.path
+
+
+FINANCE = {"fpb": {"score": 70.5, "n": 1212, "n_total": 1212, "limit": None, "protocol": "p", "seconds": 3.0},
+           "fiqa": {"score": 60.25, "n": 304, "n_total": 304, "limit": None, "protocol": "p", "seconds": 2.0},
+           "tfns": {"score": 50.0, "n": 2388, "n_total": 2388, "limit": None, "protocol": "p", "seconds": 1.0}}
+
+
+def table_after(text: str, heading: str) -> list[list[str]]:
+    """The cells of the first markdown table after ``heading``."""
+    part = text.split(heading, 1)[1]
+    lines = [ln for ln in part.splitlines() if ln.startswith("|")]
+    rows, started = [], False
+    for ln in part.splitlines():
+        if ln.startswith("|"):
+            started = True
+            rows.append([c.strip() for c in ln.strip("|").split("|")])
+        elif started:
+            break
+    assert lines
+    return [r for r in rows if not set("".join(r)) <= set("-")]
+
+
+def test_report_tables_plots_and_methodology_match_the_run(tmp_path: Path) -> None:
+    run = make_run(tmp_path, results=FINANCE, **{"model.lora.peft-lora-r": 4, "model.lora.use-dora": True,
+                                                 "strategy.name": "fedprox", "strategy.proximal-mu": 0.01})
+    md = write_report(run).read_text()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # per-round table: every number equals metrics.jsonl (at its printed precision)
+    table = table_after(md, "## Per-round metrics")
+    assert table[0][:4] == ["Round", "LR", "Train loss", "Eval loss"]
+    assert len(table) == 1 + len(rows)
+    for cells, row in zip(table[1:], rows):
+        assert int(cells[0]) == row["round"]
+        for col, key, scale in ((2, "train_loss", 1), (3, "eval_loss", 1), (8, "bytes_cumulative", MB)):
+            assert (cells[col] == "-") == (row.get(key) is None)
+            if row.get(key) is not None:
+                assert float(cells[col]) == pytest.approx(row[key] / scale, abs=6e-3)
+    # leaderboard table: scores and average from results.json, comm cost from the last cumulative bytes
+    board = table_after(md, "## Evaluation Results")
+    assert board[0] == ["", "FPB", "FIQA", "TFNS", "Avg", "Comm. Costs"]
+    assert board[1] == ["score", "70.50", "60.25", "50.00", f"{(70.5 + 60.25 + 50) / 3:.2f}",
+                        f"{rows[-1]['bytes_cumulative'] / MB:,.2f} MB"]
+    assert board[2][:4] == ["n items", "1212", "304", "2388"]
+    # methodology from the resolved config
+    cfg = read_config(run)
+    assert "- **DoRA Configuration**:" in md and "  - Rank (r): `4`" in md
+    assert f"  - Alpha: `{cfg['model.lora.peft-lora-alpha']}`" in md
+    assert "- **Strategy**: `FedProx` (proximal mu `0.01`)" in md
+    assert f"  - Total number of rounds: `{cfg['num-server-rounds']}`" in md
+    assert f"    - Maximum LR: `{cfg['train.learning-rate-max']}`" in md
+    assert "- **Quantization**: 4-bit NF4" in md  # the finance preset's base
+    for line in methodology(cfg):
+        assert line in md
+    # the HTML page renders the same markdown: its tables hold the same cells
+    page = (run / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<td>70.50</td>" in page and 'src="plots/loss.png"' in page
+
+
+def test_report_figures_plot_exactly_the_recorded_points(tmp_path: Path) -> None:
+    run = make_run(tmp_path, rounds=4)
+    write_report(run)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    figs = figures(rows)
+    loss_lines = {ln.get_label(): ln for ln in figs["loss"].axes[0].get_lines()}
+    train = loss_lines["train loss (clients' mean)"]
+    assert list(train.get_xdata()) == [1, 2, 3, 4]
+    assert list(train.get_ydata()) == pytest.approx([r["train_loss"] for r in rows[1:]])
+    evals = loss_lines["held-out eval loss"]
+    assert list(evals.get_xdata()) == [0, 2, 4] and evals.get_linestyle() == "None"  # sparse: points, no line
+    comm_ax, cum_ax = figs["communication"].axes
+    assert len(comm_ax.patches) == 2 * 4  # down and up bars per round
+    assert [p.get_height() for p in comm_ax.patches[:4]] == pytest.approx([3.0] * 4)
+    assert list(cum_ax.get_lines()[0].get_ydata()) == pytest.approx([r["bytes_cumulative"] / MB for r in rows[1:]])
+    speed, memory = figs["clients"].axes
+    assert list(speed.get_lines()[0].get_ydata()) == pytest.approx([101, 102, 103, 104])
+    assert list(memory.get_lines()[0].get_ydata()) == pytest.approx([601, 602, 603, 604])
+    for name in ("loss", "communication", "clients"):
+        with Image.open(run / "plots" / f"{name}.png") as im:
+            im.verify()
+        with Image.open(run / "plots" / f"{name}.png") as im:
+            assert im.format == "PNG" and im.size[0] > 500 and im.size[1] > 300
+
+
+def test_a_stopped_run_still_gets_a_report_that_says_so(tmp_path: Path) -> None:
+    run = make_run(tmp_path, finished=False)
+    RunDir(run).stopped("round 4: fewer than strategy.min-train-nodes=2 usable client updates")
+    md = write_report(run).read_text()
+    assert "**Stopped** after round 3: round 4: fewer than" in md and "No evaluation yet" in md
+
+
+def test_the_reproduce_command_resolves_to_the_same_config(tmp_path: Path) -> None:
+    from flowertune.commands.run import parse_overrides, resolve_cli
+
+    user = {"model.name": "embedded", "model.lora.target-modules": "q_proj,k_proj,v_proj",
+            "train.learning-rate-max": 1e-3, "data.prompt-frame": "finance", "strategy.fraction-train": 0.2,
+            "model.lora.use-dora": True, "num-supernodes": 10, "static.dataset.name": "/data/my file.jsonl",
+            "model.dtype": "auto", "run.client-worker": "on"}
+    for preset, recipe in (("finance", None), (None, "code-phi4-mini-dora"), ("medical", "code-phi4-mini-dora")):
+        flat, _ = layer(preset, {**user, "run.output-dir": str(tmp_path / "r")}, recipe)
+        cmd = reproduce_command(flat)
+        argv = shlex.split(cmd)
+        assert argv[:2] == ["flowertune", "run"]
+        p = argv.index("--preset") if "--preset" in argv else None
+        r = argv.index("--recipe") if "--recipe" in argv else None
+        n = argv.index("--num-supernodes") if "--num-supernodes" in argv else None
+        flags = {i for j in (p, r, n) if j is not None for i in (j, j + 1)}
+        overrides = parse_overrides([a for i, a in enumerate(argv[2:], 2) if i not in flags])
+        if n is not None:
+            overrides["num-supernodes"] = int(argv[n + 1])
+        again = resolve_cli(argv[p + 1] if p else None, overrides, str(tmp_path / "r"),
+                            recipe=argv[r + 1] if r else None).to_flat()
+        assert again == from_flat(flat).to_flat() | {"run.preset-applied": True}, cmd
+
+
+def test_submit_refuses_incomplete_runs_naming_what_is_missing(tmp_path: Path) -> None:
+    unfinished = make_run(tmp_path / "a", finished=False)
+    gaps = missing(unfinished)
+    assert any("no final adapter" in g for g in gaps) and any("no evaluation" in g and "--suite finance" in g
+                                                              for g in gaps)
+    no_eval = make_run(tmp_path / "b")
+    with pytest.raises(IncompleteRun, match=r"no evaluation \(eval/results.json\): `flowertune eval --run"):
+        build_submission(no_eval, tmp_path / "sub-b")
+    assert not (tmp_path / "sub-b").exists()
+    partial = make_run(tmp_path / "c", results={"fpb": FINANCE["fpb"], "fiqa": {**FINANCE["fiqa"], "n": 8, "limit": 8}})
+    gaps = missing(partial)
+    assert any("lacks tfns" in g for g in gaps) and any("fiqa on 8 of 304" in g for g in gaps)
+    assert missing(partial, allow_limit=True) == [g for g in gaps if "lacks" in g]
+
+
+def test_submission_folder_of_a_complete_run(tmp_path: Path) -> None:
+    run = make_run(tmp_path, results=FINANCE)
+    out = build_submission(run, tmp_path / "sub")
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["items-fiqa.jsonl", "items-fpb.jsonl",
+                                                                "items-tfns.jsonl", "results.json"]
+    readme = (out / "README.md").read_text()
+    for heading in ("## Methodology", "### Training Loss Visualization", "### Evaluation Results",
+                    "### Communication Budget", "## Running the challenge", "## Running the evaluation"):
+        assert heading in readme
+    assert "| score | 70.50 | 60.25 | 50.00 |" in readme and "Not a leaderboard score" not in readme
+    assert re.search(r"flowertune run --preset finance .*num-server-rounds=3", readme)
+    import tomllib
+
+    toml = tomllib.loads((out / "run-config.toml").read_text())
+    assert toml["num-server-rounds"] == 3 and toml["preset"] == "finance" and "run.output-dir" not in toml
+    with pytest.raises(IncompleteRun, match="not empty"):
+        build_submission(run, out)
