@@ -1,4 +1,4 @@
-"""The ``flowertune`` command: run, eval, leaderboard, keys, presets, recipes, build-data."""
+"""The ``flowertune`` command: run, eval, report, sweep, submit, leaderboard, keys, recipes, build-data, certs, register."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("run", "eval", "leaderboard", "keys", "recipes", "build_data", "certs", "register")
+COMMANDS = ("run", "eval", "report", "sweep", "submit", "leaderboard", "keys", "recipes", "build_data", "certs",
+            "register")
 
 
 def build_parser() -> argparse.ArgumentParser:
