@@ -132,6 +132,13 @@ class RunConfig:
                       "see `flowertune recipes`)")
     resume: bool = key("run.resume", False,
                        "continue the run in run.output-dir from its last completed round (`flowertune run --resume`)")
+    progress_every_s: float = key("run.progress-every-s", 30.0,
+                                  "progress lines while a round runs: the server's (clients done, elapsed, ETA, "
+                                  "bytes) and each client's (step, loss, tokens/s), at most every N seconds "
+                                  "(0 = off; `flowertune run` turns it off under CI unless set)")
+    metric_sinks: str = key("run.metric-sinks", "",
+                            "extra sinks fed the per-round metrics rows: comma-separated tensorboard | mlflow | "
+                            "wandb ('' = only metrics.jsonl)")
     resume_force: bool = key("run.resume-force", False,
                              "with run.resume: accept changes of the keys that are safe to change mid-run "
                              "(more rounds, timeouts, checkpoint/eval cadence)")
@@ -366,6 +373,7 @@ def validate(cfg: Config) -> None:
     need(cfg.run.client_worker in ("auto", "on", "off"), "run.client-worker must be auto, on or off")
     need(cfg.strategy.node_wait_timeout > 0, "strategy.node-wait-timeout must be > 0 seconds")
     need(cfg.strategy.round_retries >= 0, "strategy.round-retries must be >= 0")
+    need(cfg.run.progress_every_s >= 0, "run.progress-every-s must be >= 0 seconds (0 = no progress lines)")
     need(not cfg.run.resume or cfg.run.output_dir != "",
          "run.resume needs run.output-dir (the run directory to continue); or use `flowertune run --resume DIR`")
     need(cfg.run.output_dir == "" or cfg.run.output_dir.startswith("/"),

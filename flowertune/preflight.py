@@ -87,6 +87,9 @@ def server_checks(cfg: Config, clients_here: bool) -> None:
     """Everything the server machine can know before a run starts. ``clients_here``: simulation (the
     clients run on this machine, so their data, model and quantization are checked here too)."""
     check_output_dir(cfg)
+    from flowertune.federation.sinks import check_sinks
+
+    check_sinks(cfg.run.metric_sinks)
     if clients_here:
         import datasets
 

@@ -28,3 +28,8 @@ def check_names(cfg: Config) -> None:
     ):
         if value not in registry:
             raise ConfigError(f"{k}={value!r} is not valid; choose one of: {', '.join(registry.names())}")
+    from flowertune.federation.sinks import SINKS, sink_names
+
+    for name in sink_names(cfg.run.metric_sinks):
+        if name not in SINKS:
+            raise ConfigError(f"run.metric-sinks: unknown sink {name!r}; choose from: {', '.join(SINKS.names())}")

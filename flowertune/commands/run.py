@@ -10,15 +10,55 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from flowertune.config import Config, ConfigError, pyproject_section, toml_value
-from flowertune.federation.rundir import STOPPED, SUMMARY, default_run_path
+from flowertune.federation.rundir import LOG, STOPPED, SUMMARY, default_run_path
+
+# flowertune's own log lines (server and, through Ray, clients) and the errors a user must see; the rest of
+# Flower's and Ray's output goes to <run>/run.log only, unless -v
+_OURS = re.compile(r"\d\d:\d\d:\d\d flowertune (INFO|WARNING|ERROR)|^flowertune|ERROR|Traceback|Error: ")
+_ACTOR = re.compile(r"^(\x1b\[\d+m)?\((ClientAppActor|raylet)[^)]*\)(\x1b\[0m)?\s?")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def terminal_line(line: str, verbose: bool) -> str | None:
+    """What the user's terminal shows of one output line of ``flwr run`` (None: the run log only)."""
+    if verbose:
+        return line
+    plain = _ANSI.sub("", line)
+    if not _OURS.search(plain):
+        return None
+    return _ACTOR.sub("  client | ", line) if _ACTOR.match(line) else line
+
+
+def run_logged(cmd: list[str], env: dict[str, str], run_path: Path, verbose: bool) -> int:
+    """Run ``cmd``; every output line goes to ``<run>/run.log``, the terminal gets :func:`terminal_line`'s."""
+    run_path.mkdir(parents=True, exist_ok=True)
+    with open(run_path / LOG, "a", encoding="utf-8") as log_file:
+        log_file.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {shlex.join(cmd)}\n")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", bufsize=1)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log_file.write(line)
+                log_file.flush()
+                shown = terminal_line(line, verbose)
+                if shown is not None:
+                    sys.stdout.write(shown)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            proc.terminate()
+            raise
+        return proc.wait()
 
 
 def flowertune_home() -> Path:
@@ -165,6 +205,10 @@ def handle(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.run_config + args.overrides)
         if args.num_supernodes:  # recorded in the run's config: a resume simulates the same federation
             overrides["num-supernodes"] = args.num_supernodes
+        quiet = ("--no-progress" if args.no_progress else
+                 "CI" if os.environ.get("CI") and "run.progress-every-s" not in overrides else None)
+        if quiet:  # quiet in CI unless asked for
+            overrides["run.progress-every-s"] = 0.0
         if args.resume:
             if args.preset or args.recipe or args.out:
                 raise ConfigError("--resume takes the config from RUN_DIR/config.json; drop --preset/--recipe/--out "
@@ -175,6 +219,8 @@ def handle(args: argparse.Namespace) -> int:
             if args.force:
                 raise ConfigError("--force only applies to --resume")
             cfg = resolve_cli(args.preset, overrides, args.out, sources, args.recipe)
+        if quiet:
+            sources["run.progress-every-s"] = quiet
         if args.root_certificates and not (args.superlink and Path(args.root_certificates).is_file()):
             raise ConfigError(f"--root-certificates {args.root_certificates}: needs --superlink and an existing CA "
                               "certificate file (make one with `flowertune certs DIR`)")
@@ -201,20 +247,21 @@ def handle(args: argparse.Namespace) -> int:
         print(f"flowertune run: {what}, {cfg.run.num_server_rounds} rounds, "
               f"{'deployment ' + args.superlink if superlink else f'{num} simulated SuperNodes'} -> {run_path}",
               flush=True)
-        rc = subprocess.call(cmd, env=env)
+        rc = run_logged(cmd, env, run_path, verbose=args.verbose)
     summary = run_path / SUMMARY
     if (run_path / STOPPED).exists():
         reason = json.loads((run_path / STOPPED).read_text())["reason"]
         print(f"flowertune run: the run stopped: {reason}", file=sys.stderr)
         return rc or 1
     if rc != 0 or not summary.exists():
-        print(f"flowertune run: the run did not finish (flwr exit code {rc}); see the log above and {run_path}",
-              file=sys.stderr)
+        print(f"flowertune run: the run did not finish (flwr exit code {rc}); see {run_path / LOG} (every line "
+              "Flower and Ray printed)", file=sys.stderr)
         return rc or 1
     s = json.loads(summary.read_text())
     print(f"\nrun directory: {run_path}\n  rounds {s['rounds']}, eval loss {s['eval_loss_first']} -> "
           f"{s['eval_loss_last']}, communication {s['comm_cost_mb']:.2f} MB, {s['wall_s']:.0f} s\n"
-          f"  final adapter: {run_path / 'final_adapter'}")
+          f"  final adapter: {run_path / 'final_adapter'}\n  report: {run_path / 'report.md'} (and report.html, "
+          f"plots/); log: {run_path / LOG}")
     if s.get("rounds_without_update"):
         print(f"  WARNING: rounds {s['rounds_without_update']} got no usable client update (client errors or "
               f"rejected updates; see the log and 'failures'/'rejected' in metrics.jsonl)", file=sys.stderr)
@@ -243,6 +290,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--force", action="store_true",
                    help="with --resume: accept changes of the safe keys (num-server-rounds, timeouts, "
                         "checkpoint/eval cadence)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show all of Flower's and Ray's output (it always goes to RUN_DIR/run.log)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress lines during rounds (run.progress-every-s=0; the default under CI)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and where each value came from (default/preset/recipe/user); "
                         "run nothing")

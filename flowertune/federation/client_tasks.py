@@ -7,6 +7,8 @@ runs every message in a fresh process.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from flowertune.models.adapter import adapter_config_dict, get_arrays, set_array
 from flowertune.train.loop import evaluate_loss, train_round
 
 Arrays = dict[str, np.ndarray]
+log = logging.getLogger(__name__)
 
 
 def initial_adapter(cfg: Config) -> tuple[Arrays, str]:
@@ -33,7 +36,8 @@ def train(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays, l
     data = rt_mod.client_data(cfg, rt, partition_id, num_partitions)
     set_arrays(rt.model, arrays)
     seed = cfg.train.seed + (server_round if cfg.train.dynamic_data_seed else 0) + 7919 * partition_id
-    result = train_round(rt.model, data.train, cfg.train, lr, rt.pad_id, seed, proximal_mu)
+    result = train_round(rt.model, data.train, cfg.train, lr, rt.pad_id, seed, proximal_mu,
+                         on_step=StepLog(partition_id, server_round, cfg.run.progress_every_s))
     metrics = {
         "train_loss": result.loss,
         "num-examples": len(data.train),
@@ -44,6 +48,23 @@ def train(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays, l
         **process_memory_mb(),
     }
     return get_arrays(rt.model), metrics
+
+
+class StepLog:
+    """``partition p, round r: step k/n, loss, tokens/s`` at most every ``every_s`` seconds (and at the last
+    step); in simulation these lines reach ``flowertune run``'s terminal and ``<run>/run.log``. 0: silent."""
+
+    def __init__(self, partition_id: int, server_round: int, every_s: float) -> None:
+        self.partition_id, self.server_round, self.every_s = partition_id, server_round, every_s
+        self.last = time.monotonic()
+
+    def __call__(self, step: int, steps: int, loss: float, real_tokens: int, seconds: float) -> None:
+        now = time.monotonic()
+        if self.every_s <= 0 or (now - self.last < self.every_s and step < steps):
+            return
+        self.last = now
+        log.info("partition %d, round %d: step %d/%d, loss %.4f, %.0f tokens/s, %.0f s", self.partition_id,
+                 self.server_round, step, steps, loss, real_tokens / max(seconds, 1e-9), seconds)
 
 
 def evaluate(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays) -> dict[str, Any]:

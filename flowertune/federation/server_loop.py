@@ -18,7 +18,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from flowertune.config import Config
-from flowertune.federation.rundir import RunDir
+from flowertune.federation.progress import RoundTicker, send_and_receive
+from flowertune.federation.rundir import RunDir, read_metrics
+from flowertune.federation.sinks import Sinks
 from flowertune.federation.state import split_prefixed
 from flowertune.federation.strategies import NodeWaitTimeout, error_line, make_strategy, message_bytes
 from flowertune.train.schedule import cosine_annealing
@@ -199,6 +201,7 @@ def _restore_mirror(strategy: Any, directory: NodeDirectory, pending: dict[int, 
 
 def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float, cfg: Config,
                 directory: NodeDirectory, mirror: dict[int, NodeCopy] | None = None,
+                past_round_s: list[float] | None = None,
                 ) -> tuple[ArrayRecord | None, Any, list[Message], list[Message], list[str]]:
     """One training round, resampled up to ``strategy.round-retries`` times while fewer than
     ``strategy.min-train-nodes`` usable updates come back; :class:`RunStopped` when none of the tries has them.
@@ -211,7 +214,9 @@ def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float
         strategy.attempt = attempt
         config = ConfigRecord({"lr": lr, "run-key": progress.run_key})
         msgs = list(strategy.configure_train(r, progress.arrays, config, grid))
-        replies = list(grid.send_and_receive(msgs, timeout=cfg.strategy.round_timeout))
+        ticker = RoundTicker(r, cfg.run.num_server_rounds, cfg.run.progress_every_s, list(past_round_s or []),
+                             progress.cumulative + strategy.traffic.down)
+        replies = send_and_receive(grid, msgs, cfg.strategy.round_timeout, on_poll=ticker)
         new_arrays, metrics = strategy.aggregate_train(r, replies)
         traffic = strategy.traffic
         progress.cumulative += traffic.down + traffic.up  # retried traffic was still sent
@@ -247,6 +252,14 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
 
 
 def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
+    sinks = Sinks(cfg.run.metric_sinks, run_dir.path, cfg.to_flat())
+    try:
+        return _rounds(grid, cfg, run_dir, sinks)
+    finally:
+        sinks.close()
+
+
+def _rounds(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks) -> dict[str, Any]:
     t_start = time.perf_counter()
     options = {"fraction": cfg.run.wire_topk_fraction} if cfg.run.wire_codec == "delta-topk-int8" else {}
     strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, **options)
@@ -269,10 +282,13 @@ def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
         first_eval = evaluate_round(strategy, grid, 0, arrays, cfg) if eval_every > 0 else None
         progress.first_eval = progress.last_eval = first_eval
         progress.wall_s = time.perf_counter() - t_start
-        run_dir.log({"round": 0, "eval_loss": first_eval, "bytes_init": init_bytes, "wall_s": progress.wall_s,
-                     "errors": directory.take_errors()})
+        row0 = {"round": 0, "eval_loss": first_eval, "bytes_init": init_bytes, "wall_s": progress.wall_s,
+                "errors": directory.take_errors()}
+        run_dir.log(row0)
+        sinks.log(row0)
         run_dir.save_state(0, *progress.to_state(strategy, directory, mirror))
         log.info("round 0: eval_loss %s", first_eval)
+    past_round_s = [float(row["round_s"]) for row in read_metrics(run_dir.path) if row.get("round_s")]  # for the ETA
     n_params = int(sum(a.numpy().size for a in progress.arrays.values()))
     log.info("run directory %s; adapter: %d arrays, %d parameters, %.2f MB fp32", run_dir.path,
              len(progress.arrays), n_params, progress.arrays.count_bytes() / MB)
@@ -280,7 +296,7 @@ def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
         t0 = time.perf_counter()
         lr = cosine_annealing(r, rounds, cfg.train.learning_rate_max, cfg.train.learning_rate_min)
         new_arrays, train_metrics, msgs, replies, errors = train_round(strategy, grid, r, progress, lr, cfg, directory,
-                                                                       mirror)
+                                                                       mirror, past_round_s)
         progress.arrays = new_arrays
         traffic = strategy.traffic
         if not progress.warned and progress.cumulative > BUDGET_MB * MB:
@@ -307,7 +323,9 @@ def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
             "round_s": time.perf_counter() - t0, "wall_s": progress.wall_s,
         }
         strategy.attempt = 0
+        past_round_s.append(row["round_s"])
         run_dir.log(row)
+        sinks.log(row)
         run_dir.save_state(r, *progress.to_state(strategy, directory, mirror))
         log.info("round %d/%d: train_loss %.4f eval_loss %s | %.2f MB this round, %.2f MB total | %.1f s",
                  r, rounds, row["train_loss"] or float("nan"), eval_loss, row["bytes_round"] / MB,

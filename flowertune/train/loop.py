@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,12 +93,16 @@ def proximal_term(params: Sequence[torch.nn.Parameter], anchors: Sequence[torch.
     return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
 
 
+StepCallback = Callable[[int, int, float, int, float], None]
+
+
 def train_round(model: Any, examples: Sequence[Example], cfg: TrainConfig, lr: float, pad_id: int,
-                seed: int, proximal_mu: float = 0.0) -> RoundResult:
+                seed: int, proximal_mu: float = 0.0, on_step: StepCallback | None = None) -> RoundResult:
     """Run one local round on ``examples`` (:func:`round_steps` optimizer steps); the model is updated in place.
 
     ``lr`` is the round's peak learning rate (cosine over rounds); within the round it follows
-    ``cfg.lr_scheduler_type`` after ``cfg.warmup_steps`` of linear warmup.
+    ``cfg.lr_scheduler_type`` after ``cfg.warmup_steps`` of linear warmup. ``on_step(step, steps, step loss,
+    real tokens so far, seconds so far)`` is called after every optimizer step (progress lines).
     """
     if not examples:
         raise ValueError("this client has no training examples; give it more data or fewer partitions")
@@ -122,9 +126,11 @@ def train_round(model: Any, examples: Sequence[Example], cfg: TrainConfig, lr: f
                  batches[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]]
         micro = [{k: v.to(device) for k, v in b.items()} for b in micro]
         n_step = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        step_loss = 0.0
         for batch in micro:
             loss_sum, n = causal_lm_loss(model, batch)
             (loss_sum / max(n_step, 1)).backward()
+            step_loss += float(loss_sum.detach())
             total_loss += float(loss_sum.detach())
             total_targets += n
             real_tokens += count_real_tokens(batch)
@@ -134,6 +140,8 @@ def train_round(model: Any, examples: Sequence[Example], cfg: TrainConfig, lr: f
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step(step + 1, steps, step_loss / max(n_step, 1), real_tokens, time.perf_counter() - t0)
     model.eval()
     loss = total_loss / max(total_targets, 1)
     if not math.isfinite(loss):

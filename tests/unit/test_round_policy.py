@@ -1,5 +1,7 @@
 """The round loop's policy on failing nodes, with a fake Grid: check-in, retries, a clear stop, deadlines."""
 
+from uuid import uuid4
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
@@ -29,6 +31,16 @@ class ScriptedGrid:
     def get_node_ids(self):
         return list(self.nodes)
 
+    def push_messages(self, messages):  # the training round pushes, then pulls (progress lines in between)
+        self.pending = {}
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's grids do on push
+            self.pending[m.metadata.message_id] = self.send_and_receive([m])
+        return list(self.pending)
+
+    def pull_messages(self, ids):
+        return [r for i in ids for r in self.pending.pop(i, [])]
+
     def send_and_receive(self, messages, timeout=None):
         out = []
         for m in messages:
@@ -57,7 +69,7 @@ class ScriptedGrid:
 def setup(n, min_train, retries=1, **grid):
     cfg = from_flat({**Config().to_flat(), "strategy.fraction-train": 1.0, "strategy.min-train-nodes": min_train,
                      "strategy.min-available-nodes": 1, "strategy.round-retries": retries,
-                     "strategy.node-wait-timeout": 1.0})
+                     "strategy.node-wait-timeout": 1.0, "strategy.round-timeout": 1.5})
     strategy = make_strategy(cfg.strategy)
     directory = NodeDirectory(timeout=1.0)
     strategy.node_order = directory.order
