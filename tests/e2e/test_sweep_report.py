@@ -1,0 +1,153 @@
+"""A sweep of two tiny variants through Flower's real simulation, killed after its first member and rerun;
+the members' reports, TensorBoard events, run logs and a submission folder, read back from what was written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flowertune.federation.rundir import read_config, read_metrics
+from flowertune.report.methodology import methodology
+from flowertune.report.plots import figures
+from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning, tiny_overrides
+
+FIXTURES = Path(__file__).resolve().parents[1] / "eval" / "fixtures"
+MB = 1024**2
+
+
+def sweep_file(path: Path, model: Path, data: Path) -> Path:
+    common = dict(arg.split("=", 1) for arg in tiny_overrides(model, data))
+    common.update({"run.metric-sinks": '"tensorboard"', "run.progress-every-s": "1.0",
+                   "num-supernodes": "2"})
+    lines = ['suite = "finance"', "limit = 2", "", "[config]", *(f'"{k}" = {v}' for k, v in common.items()), "",
+             "[members.r4]", '"model.lora.peft-lora-r" = 4', "", "[members.r8]", '"model.lora.peft-lora-r" = 8', ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_model_dir, tiny_data_file):
+    root = tmp_path_factory.mktemp("sweep")
+    home, out = root / "home", root / "out"
+    env = isolated_env(home)
+    env.pop("CI", None)  # progress lines on (they are off under CI unless asked for; the sweep asks)
+    spec = sweep_file(root / "sweep.toml", tiny_model_dir, tiny_data_file)
+    cmd = [str(BIN / "flowertune"), "sweep", str(spec), "--out", str(out), "--data-dir", str(FIXTURES)]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while not ((out / "r4/eval/results.json").is_file() and (out / "r8").exists()):
+            assert first.poll() is None, first.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the first member did not finish in 15 min"
+            time.sleep(0.5)
+        os.killpg(first.pid, signal.SIGKILL)  # killed while the second member trains
+    finally:
+        kill_processes_mentioning(str(home), signal.SIGKILL)
+        kill_processes_mentioning(str(home))
+    first_out = first.stdout.read()
+    first.wait()
+    try:
+        again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    finally:
+        kill_processes_mentioning(str(home))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    return out, first_out, again
+
+
+def test_rerun_skips_the_finished_member_and_finishes_the_other(sweep) -> None:
+    out, first_out, again = sweep
+    assert "[1/2] r4: training" in first_out and "[2/2] r8" in first_out
+    assert "[1/2] r4: finished and evaluated already, skipped" in again.stdout
+    assert "[1/2] r4: training" not in again.stdout
+    assert (out / "r8/final_adapter/adapter_config.json").is_file()
+    assert [r["round"] for r in read_metrics(out / "r4")] == [0, 1, 2]  # trained once, never redone
+    assert read_config(out / "r8")["model.lora.peft-lora-r"] == 8
+
+
+def test_one_table_with_both_members(sweep) -> None:
+    out, _, _ = sweep
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [r["member"] for r in rows] == ["r4", "r8"] and all(r["status"] == "done" for r in rows)
+    md = (out / "sweep.md").read_text()
+    for r in rows:
+        results = json.loads((out / r["member"] / "eval/results.json").read_text())
+        assert float(r["FPB"]) == pytest.approx(results["fpb"]["score"], abs=1e-4)
+        avg = sum(results[b]["score"] for b in ("fpb", "fiqa", "tfns")) / 3
+        assert float(r["average"]) == pytest.approx(avg, abs=1e-4)
+        last = read_metrics(out / r["member"])[-1]["bytes_cumulative"]
+        assert float(r["comm_mb"]) == pytest.approx(last / MB, abs=1e-3)
+        assert f"| {r['member']} | {results['fpb']['score']:.2f}% |" in md
+    assert "first 2 items" in md
+    with Image.open(out / "sweep.png") as im:
+        assert im.format == "PNG"
+
+
+def test_member_report_matches_its_run(sweep) -> None:
+    out, _, _ = sweep
+    run = out / "r4"
+    rows = read_metrics(run)
+    md = (run / "report.md").read_text()  # written after the run and again after its eval
+    assert "| score |" in md and "Not a leaderboard score" in md  # eval --limit 2: TFNS (3 fixture items) is cut
+    results = json.loads((run / "eval/results.json").read_text())
+    assert f"| score | {results['fpb']['score']:.2f} | {results['fiqa']['score']:.2f} |" in md
+    for line in methodology(read_config(run)):
+        assert line in md
+    for r in rows[1:]:
+        assert f"| {r['round']} | {r['lr']:.3g} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} |" in md
+    figs = figures(rows)
+    train = next(ln for ln in figs["loss"].axes[0].get_lines() if ln.get_label().startswith("train"))
+    assert list(train.get_xdata()) == [1, 2] and list(train.get_ydata()) == pytest.approx(
+        [r["train_loss"] for r in rows[1:]])
+    assert len(figs["communication"].axes[0].patches) == 4
+    for name in ("loss", "communication", "clients"):
+        with Image.open(run / "plots" / f"{name}.png") as im:
+            im.verify()
+
+
+def test_tensorboard_events_and_run_log(sweep) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, first_out, _ = sweep
+    run = out / "r4"
+    rows = read_metrics(run)
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, round(e.value, 5)) for e in acc.Scalars("train_loss")] == [
+        (r["round"], round(r["train_loss"], 5)) for r in rows[1:]]
+    log = (run / "run.log").read_text()
+    assert "configure_train" in log and "configure_train" not in first_out  # Flower's noise: log file only
+    assert "clients done" in log and "partition 0, round 1: step" in log  # server and client progress lines
+    assert "flowertune INFO: round 2/2" in first_out  # flowertune's own lines reach the terminal
+
+
+def test_submit_refuses_then_packages(sweep, tmp_path) -> None:
+    out, _, _ = sweep
+    run = out / "r4"
+    flowertune = str(BIN / "flowertune")
+    refused = subprocess.run([flowertune, "submit", str(run), "--out", str(tmp_path / "a")], capture_output=True,
+                             text=True, check=False)
+    assert refused.returncode == 2 and "tfns on 2 of 3" in refused.stderr and "--allow-limit" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    ok = subprocess.run([flowertune, "submit", str(run), "--out", str(tmp_path / "b"), "--allow-limit"],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    sub = tmp_path / "b"
+    assert (sub / "adapter/adapter_model.safetensors").read_bytes() == (
+        run / "final_adapter/adapter_model.safetensors").read_bytes()
+    assert "Not a leaderboard score" in (sub / "README.md").read_text()
+    assert json.loads((sub / "eval/results.json").read_text()) == json.loads((run / "eval/results.json").read_text())
+    no_eval = tmp_path / "no-eval"
+    subprocess.run(["cp", "-r", str(run), str(no_eval)], check=True)
+    subprocess.run(["rm", "-r", str(no_eval / "eval")], check=True)
+    refused = subprocess.run([flowertune, "submit", str(no_eval), "--out", str(tmp_path / "c")], capture_output=True,
+                             text=True, check=False)
+    assert refused.returncode == 2 and "no evaluation (eval/results.json)" in refused.stderr
