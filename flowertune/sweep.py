@@ -275,9 +275,13 @@ def comparison_figure(sweep: Sweep, out: Path) -> Figure:
     for i, r in enumerate(rows):
         values = [r["scores"][t] for t in titles] + [r["average"]]
         xs = [g + (i - (len(rows) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, [0.0 if v is None else v for v in values], width, label=r["member"])
+        comm = "" if r["comm_mb"] is None else f" ({r['comm_mb']:,.2f} MB)"
+        bars = ax.bar(xs, [0.0 if v is None else v for v in values], width, label=r["member"] + comm)
+        # a real 0 and a score not there yet look alike as bars: every bar says which it is
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.1f}" for v in values], fontsize=8, padding=2)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 110)
     ax.set_title(f"Sweep on the {sweep.suite} suite" + (f" (first {sweep.limit} items)" if sweep.limit else ""))
     ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(4, max(1, len(rows))))

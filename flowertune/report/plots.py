@@ -64,6 +64,7 @@ def communication_figure(rows: Sequence[Row]) -> Figure:
     cx, cum = series(rows, "bytes_cumulative", MB)
     right.plot(cx, cum, "k.-", label="cumulative")
     right.set_ylabel("cumulative MB")
+    right.set_ylim(bottom=0)  # from zero, like the bars: a cumulative line must not look like it starts at 0 MB
     handles = ax.get_legend_handles_labels()
     more = right.get_legend_handles_labels()
     fig.legend(handles[0] + more[0], handles[1] + more[1], loc="outside lower center", ncols=3)
