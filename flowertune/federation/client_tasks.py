@@ -63,7 +63,7 @@ class StepLog:
         if self.every_s <= 0 or (now - self.last < self.every_s and step < steps):
             return
         self.last = now
-        log.info("partition %d, round %d: step %d/%d, loss %.4f, %.0f tokens/s, %.0f s", self.partition_id,
+        log.info("partition %d, round %d: step %d/%d, step loss %.4f, %.0f tokens/s, %.0f s", self.partition_id,
                  self.server_round, step, steps, loss, real_tokens / max(seconds, 1e-9), seconds)
 
 

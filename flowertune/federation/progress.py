@@ -111,6 +111,6 @@ def client_line(reply: Message) -> None:
         return
     if "train_loss" not in m:
         return
-    log.info("  partition %s done: loss %.4f, %.0f tokens/s, %.1f s, peak RSS %.0f MB", m.get("partition-id", "?"),
+    log.info("  partition %s done: round loss %.4f, %.0f tokens/s, %.1f s, peak RSS %.0f MB", m.get("partition-id", "?"),
              float(m["train_loss"]), float(m.get("tokens_per_s", 0.0)), float(m.get("train_s", 0.0)),
              float(m.get("peak_rss_mb", 0.0)))

@@ -59,7 +59,7 @@ def test_round_ticker_eta_and_quiet_mode(caplog: pytest.LogCaptureFixture) -> No
         assert not caplog.records
         RoundTicker(1, 2, 30, [], 0)([reply], 2)
     text = caplog.text
-    assert "partition 3 done: loss 0.5000, 200 tokens/s" in text and "round 1/2: 1/2 clients done" in text
+    assert "partition 3 done: round loss 0.5000, 200 tokens/s" in text and "round 1/2: 1/2 clients done" in text
 
 
 def test_terminal_shows_flowertune_lines_and_errors_only_unless_verbose() -> None:
