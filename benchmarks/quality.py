@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     parser.add_argument("--alpha", type=float, default=0.3, help="Dirichlet concentration of fed-noniid")
     parser.add_argument("--frame", default=None, help="data.prompt-frame (default: the challenge's eval frame)")
+    parser.add_argument("--build", default=None,
+                        help="training set builder (default: the challenge's; medical: medmcqa-balanced permutes "
+                             "each question's options)")
     parser.add_argument("--limit", type=int, default=None, help="first N items of each benchmark (labelled)")
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run (not a measurement)")
     args = parser.parse_args(argv)
@@ -185,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         args.variants = args.variants if "--variants" in (argv or sys.argv) else "constant,fed-iid"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.data_dir = args.data_dir.absolute()
-    ch = CHALLENGES[args.challenge]
+    ch = dict(CHALLENGES[args.challenge])
+    if args.build:
+        ch["build"] = args.build
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(ALL))
     if unknown:

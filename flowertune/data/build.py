@@ -11,6 +11,8 @@
 ``medmcqa``
     MedMCQA *train* questions (``medmcqa_train10k``) as multiple-choice rows: ``instruction`` is the
     MedMCQA evaluation instruction, ``input`` the ``Question:/Options:`` block, ``output`` the letter.
+``medmcqa-balanced``
+    The same rows with each row's options in a seeded random order, so the answer letter is uniform.
 
 A row whose text (case- and whitespace-normalised) equals an evaluation item's text in any benchmark of
 the same challenge is dropped too (FPB repeats some sentences), so the rows and the evaluation items are
@@ -79,8 +81,15 @@ def finance_sentiment(data_dir: Path, seed: int = 42) -> Rows:
 
 
 @BUILDERS.register("medmcqa")
-def medmcqa(data_dir: Path) -> Rows:
-    """MedMCQA train questions as MCQ rows in the evaluation's own instruction and option block."""
+def medmcqa(data_dir: Path, permute_seed: int | None = None) -> Rows:
+    """MedMCQA train questions as MCQ rows in the evaluation's own instruction and option block.
+
+    ``permute_seed``: each row's four options in a seeded random order (the letter then carries no prior:
+    the train file's answers are 30% A, 21% D).
+    """
+    import random
+
+    rng = random.Random(permute_seed)
     from flowertune.eval.benchmarks import medmcqa as bench
     from flowertune.eval.protocol import format_mcq, leaderboard_prompt
 
@@ -90,13 +99,23 @@ def medmcqa(data_dir: Path) -> Rows:
         data = json.load(f)
     rows, seen = [], set()
     for record in data.values():
-        body = format_mcq(record["question"], [record["options"][k] for k in "ABCD"])
+        order = list("ABCD")
+        if permute_seed is not None:
+            rng.shuffle(order)
+        body = format_mcq(record["question"], [record["options"][k] for k in order])
         key = normalise(record["question"])
         if normalise(leaderboard_prompt(bench.INSTRUCTION, body)) in held_out or key in seen:
             continue
         seen.add(key)
-        rows.append({"instruction": bench.INSTRUCTION, "input": body, "output": record["correct_answer"]})
+        answer = "ABCD"[order.index(record["correct_answer"])]
+        rows.append({"instruction": bench.INSTRUCTION, "input": body, "output": answer})
     return rows
+
+
+@BUILDERS.register("medmcqa-balanced")
+def medmcqa_balanced(data_dir: Path, seed: int = 42) -> Rows:
+    """:func:`medmcqa` with each row's options in a seeded random order: answer letters about 25% each."""
+    return medmcqa(data_dir, permute_seed=seed)
 
 
 def write_jsonl(rows: Rows, path: Path) -> Path:

@@ -42,6 +42,25 @@ def test_medmcqa_rows_are_disjoint_from_the_medical_mcq_eval_items(real_data_dir
         assert not prompts & {normalise(it.prompt) for it in BENCHMARKS.get(name).load(real_data_dir)}, name
 
 
+def test_balanced_medmcqa_keeps_each_answer_and_spreads_the_letters(real_data_dir: Path) -> None:
+    import re
+
+    plain, balanced = BUILDERS.get("medmcqa")(real_data_dir), BUILDERS.get("medmcqa-balanced")(real_data_dir)
+    assert len(plain) == len(balanced)
+
+    def answer_text(row: dict) -> str:
+        return re.search(rf"^{row['output']}\. (.*)$", row["input"], re.MULTILINE).group(1)
+
+    for a, b in zip(plain, balanced):
+        assert a["input"].split("\n\nOptions:")[0] == b["input"].split("\n\nOptions:")[0]
+        assert answer_text(a) == answer_text(b)  # the correct option moved with its letter
+    letters = collections.Counter(r["output"] for r in balanced)
+    assert all(0.23 < letters[k] / len(balanced) < 0.27 for k in "ABCD"), letters
+    prompts = {normalise(leaderboard_prompt(r["instruction"], r["input"])) for r in balanced}
+    for name in ("medmcqa", "medqa", "careqa"):
+        assert not prompts & {normalise(it.prompt) for it in BENCHMARKS.get(name).load(real_data_dir)}, name
+
+
 def test_build_data_command_writes_jsonl_readable_by_a_run(real_data_dir: Path, tmp_path: Path) -> None:
     from flowertune.cli import main
     from flowertune.config import DataConfig
