@@ -239,6 +239,16 @@ def handle(args: argparse.Namespace) -> int:
     if args.superlink:
         superlink = connection_name(args.superlink, args.root_certificates)
         ensure_connection(superlink, args.superlink, env, args.root_certificates)
+    else:
+        from flowertune.federation import managed_superlink
+
+        try:
+            for pid in managed_superlink.check(env):
+                print(f"flowertune run: stopped the managed local SuperLink (pid {pid}) whose Python environment "
+                      "no longer exists; flwr starts a new one from this environment", file=sys.stderr)
+        except ConfigError as exc:
+            print(f"flowertune run: {exc}", file=sys.stderr)
+            return 2
     run_path = Path(cfg.run.output_dir)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = flwr_command(cfg, write_run_config(cfg, Path(tmp)), num, superlink)
