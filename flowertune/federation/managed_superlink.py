@@ -86,12 +86,15 @@ def check(env: Mapping[str, str], bin_dir: Path | None = None) -> list[int]:
     stop, error = decide(processes(), port, bin_dir or Path(sys.executable).parent)
     if error:
         raise ConfigError(error)
-    for pid in stop:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-    deadline = time.monotonic() + 15
-    while stop and time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in stop):
-        time.sleep(0.2)
+    # SIGTERM first; a SuperLink whose environment is gone was seen to ignore it, so SIGKILL after 10 s
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        alive = [pid for pid in stop if Path(f"/proc/{pid}").exists()]
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in alive):
+            time.sleep(0.2)
     return stop
