@@ -43,13 +43,19 @@ def test_medmcqa_rows_are_disjoint_from_the_medical_mcq_eval_items(real_data_dir
 
 
 def test_balanced_medmcqa_keeps_each_answer_and_spreads_the_letters(real_data_dir: Path) -> None:
-    import re
-
     plain, balanced = BUILDERS.get("medmcqa")(real_data_dir), BUILDERS.get("medmcqa-balanced")(real_data_dir)
     assert len(plain) == len(balanced)
 
     def answer_text(row: dict) -> str:
-        return re.search(rf"^{row['output']}\. (.*)$", row["input"], re.MULTILINE).group(1)
+        """The answer option's text: the block after "Options:" is "A. ..\nB. ..", in order (a question may hold
+        "A. " lines of its own, and an option may span lines)."""
+        block = row["input"].split("\n\nOptions:\n", 1)[1]
+        starts = [0]
+        for letter in "BCD":
+            starts.append(block.index(f"\n{letter}. ", starts[-1]) + 1)
+        bounds = [*starts, len(block) + 1]
+        i = "ABCD".index(row["output"])
+        return block[bounds[i] + 3:bounds[i + 1] - 1]
 
     for a, b in zip(plain, balanced):
         assert a["input"].split("\n\nOptions:")[0] == b["input"].split("\n\nOptions:")[0]
