@@ -26,9 +26,9 @@ from typing import Any
 import tomllib
 from matplotlib.figure import Figure
 
-from flowertune.config import ConfigError, check_keys
+from flowertune.config import ConfigError, check_keys, toml_value
 from flowertune.eval.benchmark import SUITES
-from flowertune.eval.leaderboard import _TITLES, challenge_scores, communication_mb
+from flowertune.eval.leaderboard import _TITLES, average_score, challenge_scores, communication_mb
 from flowertune.federation import rundir
 from flowertune.report.tables import markdown_table
 
@@ -148,14 +148,8 @@ def run_command(sweep: Sweep, member: Member, run: Path, state: str) -> list[str
     if sweep.num_supernodes:
         cmd += ["--num-supernodes", str(sweep.num_supernodes)]
     overrides = {**sweep.common, **member.overrides}
-    cmd += [f"{k}={json.dumps(v) if isinstance(v, str) else _toml(v)}" for k, v in overrides.items()]
+    cmd += [f"{k}={toml_value(v)}" for k, v in overrides.items()]
     return flowertune_cmd(*cmd)
-
-
-def _toml(v: Any) -> str:
-    from flowertune.config import toml_value
-
-    return toml_value(v)
 
 
 def eval_command(sweep: Sweep, run: Path, data_dir: Path | None) -> list[str]:
@@ -225,7 +219,7 @@ def table_rows(sweep: Sweep, out: Path) -> tuple[list[str], list[dict[str, Any]]
         results = rundir.read_eval(run) if rundir.is_run_dir(run) else None
         scores = challenge_scores(results, sweep.suite) if results else {}
         values = [scores.get(n) for n in names]
-        avg = sum(values) / len(values) if values and all(v is not None for v in values) else None  # type: ignore[misc]
+        avg = average_score(results, sweep.suite) if results else None
         model = rundir.read_config(run)["model.name"] if rundir.is_run_dir(run) else m.overrides.get("model.name", "")
         rows.append({"member": m.name, "model": model, "scores": dict(zip(titles, values)), "average": avg,
                      "comm_mb": communication_mb(run) if rundir.is_run_dir(run) else None,
