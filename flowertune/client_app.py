@@ -11,7 +11,6 @@ from flwr.clientapp import ClientApp
 
 from flowertune.config import Config, resolve
 from flowertune.federation import wire_client, worker
-from flowertune.federation.client_tasks import TASKS
 from flowertune.logs import setup_logging
 from flowertune.wire import from_array_record, to_array_record
 
@@ -35,6 +34,10 @@ def _run(cfg: Config, context: Context, task: str, *args: Any) -> Any:
     mode = cfg.run.client_worker
     if mode == "on" or (mode == "auto" and _fresh_process_per_message()):
         return worker.call(f"node-{context.node_id}", task, *args)
+    # imported here, not at the top: a deployment ClientApp process lives for one message and only forwards
+    # to the resident worker, so it must not pay for torch/transformers/datasets (~7 s on 2 cores) each time
+    from flowertune.federation.client_tasks import TASKS
+
     return TASKS[task](*args)
 
 

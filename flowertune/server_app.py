@@ -11,7 +11,6 @@ from flowertune.config import resolve
 from flowertune.federation.rundir import RunDir
 from flowertune.federation.server_loop import run_federation
 from flowertune.logs import setup_logging
-from flowertune.report import write_report_quietly
 
 app = ServerApp()
 
@@ -28,4 +27,6 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_federation(grid, cfg, run_dir)
     finally:  # finished or stopped: the report says which, with every round recorded so far
+        from flowertune.report import write_report_quietly  # matplotlib: only once the rounds are over
+
         write_report_quietly(run_dir.path)

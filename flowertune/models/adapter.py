@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from flowertune.config import AdapterConfig, ModelConfig
 
@@ -45,6 +44,7 @@ def lora_config(cfg: AdapterConfig, model: ModelConfig) -> Any:
 
 def attach_adapter(base: Any, cfg: AdapterConfig, model: ModelConfig, seed: int = 0) -> Any:
     """Wrap ``base`` in a PEFT model with a freshly initialised adapter (seeded)."""
+    import torch
     from peft import get_peft_model
 
     torch.manual_seed(seed)
@@ -74,6 +74,7 @@ def check_arrays(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[
 
 def set_arrays(model: Any, arrays: Mapping[str, np.ndarray]) -> None:
     """Load adapter arrays into ``model`` after checking keys, shapes and finiteness."""
+    import torch
     from peft import set_peft_model_state_dict
 
     expected = {k: tuple(s) for k, s in get_arrays_shapes(model).items()}
@@ -85,7 +86,7 @@ def set_arrays(model: Any, arrays: Mapping[str, np.ndarray]) -> None:
         raise AdapterUpdateError(f"PEFT did not accept keys {unexpected[:3]}")
 
 
-def get_arrays_shapes(model: Any) -> dict[str, torch.Size]:
+def get_arrays_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     """Shapes of the adapter state (cheap: no copies)."""
     from peft import get_peft_model_state_dict
 
