@@ -101,3 +101,23 @@ def real_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"no benchmark data directory at {path}")
     return path
+
+
+_SESSION_START: list[float] = []
+
+
+def pytest_sessionstart(session) -> None:
+    import time
+
+    _SESSION_START.append(time.time())
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The elapsed time against CI's budget (set-up included when started by scripts/test.sh)."""
+    import time
+
+    now = time.time()
+    line = f"elapsed: tests {(now - _SESSION_START[0]) / 60:.1f} min"
+    if start := os.environ.get("FLOWERTUNE_TEST_T0"):
+        line += f", set-up and tests {(now - float(start)) / 60:.1f} min (CI budget: 30 min on the slowest machine kind)"
+    terminalreporter.write_line(line)
