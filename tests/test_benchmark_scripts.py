@@ -9,6 +9,8 @@ import pytest
 from tests.conftest import REPO
 
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+# run for real, with its own assertions, by another test: no separate --quick run needed
+RUN_ELSEWHERE = {"quality.py": "tests/e2e/test_finance_frame_slow.py"}
 
 
 def test_there_are_benchmark_scripts():
@@ -17,12 +19,17 @@ def test_there_are_benchmark_scripts():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s not in RUN_ELSEWHERE])
 def test_quick_mode_runs(script):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick"], capture_output=True,
                           text=True, timeout=900, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert len(proc.stdout.strip().splitlines()) >= 3, proc.stdout  # printed its table
+
+
+def test_the_scripts_run_elsewhere_are_run_there():
+    for script, test in RUN_ELSEWHERE.items():
+        assert script in SCRIPTS and f'"{script}"' in (REPO / test).read_text(), (script, test)
 
 
 def test_gpu_benchmark_without_cuda_says_so():

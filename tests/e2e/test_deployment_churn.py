@@ -44,7 +44,7 @@ def test_a_node_killed_mid_round_is_counted_its_worker_exits_and_it_rejoins(tmp_
         for pid in (0, 1, 2):
             supernode(pid)
         overrides = tiny_overrides(tiny_model_dir, tiny_data_file, **{
-            "num-server-rounds": 4, "train.training-arguments.max-steps": 30, "wire.codec": "delta-int8",
+            "num-server-rounds": 4, "train.training-arguments.max-steps": 10, "wire.codec": "delta-int8",
             "strategy.fraction-train": 1.0, "strategy.min-train-nodes": 2, "strategy.min-available-nodes": 3,
             "strategy.node-wait-timeout": 300.0, "strategy.fraction-evaluate": 0.34})
         start("flowertune", [str(BIN / "flowertune"), "run", "--superlink", f"127.0.0.1:{port}", "--out", str(out),

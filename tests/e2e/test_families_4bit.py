@@ -1,8 +1,9 @@
-"""Every architecture family of the seed submissions trains in 4 bits on the CPU through Flower's real runtime.
+"""Every architecture family of the seed submissions trains in 4 bits on the CPU.
 
 One tiny random-init model per family, built from its transformers config class so the module names are the
-real ones (Phi-3/Phi-4-mini's fused ``qkv_proj``/``gate_up_proj`` included), is trained 2 rounds x 2 clients by
-``flowertune run --recipe <that family's seed recipe>`` with only the sizes scaled down: the recipe's NF4
+real ones (Phi-3/Phi-4-mini's fused ``qkv_proj``/``gate_up_proj`` included), is trained 2 rounds x 2 clients
+with its seed recipe (``flowertune run --recipe`` through Flower's real simulation for one family, the same
+client tasks in this process for the others; see FLOWER_FAMILY) with only the sizes scaled down: the recipe's NF4
 base, LoRA/DoRA rank and targets, paged 8-bit AdamW (bitsandbytes' AdamW8bit on CPU), schedule, strategy and
 local epochs stay. The final adapter must hold exactly the recipe's target modules and load onto the fp32 base.
 """
@@ -90,28 +91,85 @@ def family_data(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=FAMILIES, ids=[f.name for f in FAMILIES])
-def family_run(request, tmp_path_factory, family_data):
-    """(family, tiny model dir, run dir, streamed log) after a finished 4-bit simulation of its recipe."""
-    family: Family = request.param
-    model_dir = build_family_model(family, tmp_path_factory.mktemp(f"tiny-{family.name}"))
-    home = tmp_path_factory.mktemp(f"home-{family.name}")
-    out = tmp_path_factory.mktemp("runs") / family.name
+# Through Flower's real simulation: Phi-3/Phi-4-mini (fused projections, DoRA), the family furthest from the
+# others. The rest train through the same client tasks the ClientApp runs (initial adapter, local rounds,
+# FedAvg of the replies) in this process: what differs between families is the model code, which these reach
+# just the same, and each Flower run costs ~40 s of fixed start-up here.
+FLOWER_FAMILY = "phi3"
+
+
+@dataclass
+class FamilyRun:
+    family: Family
+    model_dir: Path
+    out: Path
+    config: object  # the resolved Config the clients trained with
+    rows: list[dict]  # per round: round, clients, rejected, train_loss
+    quantized_4bit: bool  # the clients' base model held bitsandbytes 4-bit layers
+    optimizer: str  # the optimizer class the clients trained with
+
+
+def _through_flower(family: Family, model_dir: Path, data: Path, home: Path, out: Path) -> FamilyRun:
     cmd = [str(BIN / "flowertune"), "run", "--recipe", family.recipe, "--num-supernodes", "2", "--out", str(out),
-           *scaled_down(model_dir, family_data, family.recipe)]
+           *scaled_down(model_dir, data, family.recipe)]
     try:
         proc = subprocess.run(cmd, env=isolated_env(home), capture_output=True, text=True, timeout=900, check=False)
     finally:
         kill_processes_mentioning(str(home))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return family, model_dir, out, proc.stdout
+    # the clients' own log lines, streamed by `flwr run --stream`: an NF4 base and bitsandbytes' 8-bit AdamW
+    log = proc.stdout
+    return FamilyRun(family, model_dir, out, from_flat(read_config(out)), read_jsonl(out / "metrics.jsonl"),
+                     "(cpu, torch.float32, 4-bit)" in log, "AdamW8bit" if "using bitsandbytes AdamW8bit" in log else "")
+
+
+def _in_process(family: Family, model_dir: Path, data: Path, out: Path) -> FamilyRun:
+    """2 rounds x 2 clients of the client tasks, FedAvg-weighted by examples, the final adapter saved as a run."""
+    import numpy as np
+
+    from flowertune.commands.run import parse_overrides, resolve_cli
+    from flowertune.federation import client_runtime, client_tasks
+    from flowertune.models.adapter import save_adapter
+    from flowertune.train.loop import make_optimizer
+    from flowertune.train.schedule import cosine_annealing
+
+    cfg = resolve_cli(None, parse_overrides(scaled_down(model_dir, data, family.recipe)), str(out),
+                      recipe=family.recipe)
+    arrays, adapter_json = client_tasks.initial_adapter(cfg)
+    rows = [{"round": 0}]
+    for rnd in (1, 2):
+        lr = cosine_annealing(rnd, cfg.run.num_server_rounds, cfg.train.learning_rate_max, cfg.train.learning_rate_min)
+        replies = [client_tasks.train(cfg, pid, 2, arrays, lr, rnd, cfg.strategy.proximal_mu) for pid in (0, 1)]
+        weights = np.array([m["num-examples"] for _, m in replies], dtype=np.float64)
+        arrays = {k: sum(w * a[k] for w, (a, _) in zip(weights / weights.sum(), replies)).astype(np.float32)
+                  for k in arrays}
+        rows.append({"round": rnd, "clients": len(replies), "rejected": [],
+                     "train_loss": float(np.mean([m["train_loss"] for _, m in replies]))})
+    save_adapter(arrays, json.loads(adapter_json), out / "final_adapter")
+    model = client_runtime.runtime(cfg).model
+    import bitsandbytes as bnb
+
+    quantized = any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = type(make_optimizer(trainable, cfg.train, 1e-4)).__name__
+    return FamilyRun(family, model_dir, out, cfg, rows, quantized, optimizer)
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=[f.name for f in FAMILIES])
+def family_run(request, tmp_path_factory, family_data) -> FamilyRun:
+    """A finished 4-bit training of ``family``'s seed recipe on its tiny model (see FLOWER_FAMILY)."""
+    family: Family = request.param
+    model_dir = build_family_model(family, tmp_path_factory.mktemp(f"tiny-{family.name}"))
+    out = tmp_path_factory.mktemp("runs") / family.name
+    if family.name == FLOWER_FAMILY:
+        return _through_flower(family, model_dir, family_data, tmp_path_factory.mktemp(f"home-{family.name}"), out)
+    return _in_process(family, model_dir, family_data, out)
 
 
 def test_the_run_keeps_the_recipe_and_trains_two_clients_per_round(family_run):
-    family, _, out, log = family_run
-    # the clients' own log lines, streamed by `flwr run --stream`: an NF4 base and bitsandbytes' 8-bit AdamW
-    assert "(cpu, torch.float32, 4-bit)" in log and "using bitsandbytes AdamW8bit" in log
-    want, got = recipe_config(family.recipe), from_flat(read_config(out))
+    family, got = family_run.family, family_run.config
+    assert family_run.quantized_4bit and family_run.optimizer == "AdamW8bit"  # NF4 base, bitsandbytes' AdamW8bit
+    want = recipe_config(family.recipe)
     assert got.run.recipe == family.recipe and got.model.quantization == 4
     assert (got.model.trust_remote_code, got.model.gradient_checkpointing) == (
         want.model.trust_remote_code, want.model.gradient_checkpointing)
@@ -120,7 +178,7 @@ def test_the_run_keeps_the_recipe_and_trains_two_clients_per_round(family_run):
     for field in ("optim", "lr_scheduler_type", "warmup_steps", "grad_accum", "num_train_epochs",
                   "learning_rate_max", "learning_rate_min"):
         assert getattr(got.train, field) == getattr(want.train, field), field
-    rows = read_jsonl(out / "metrics.jsonl")
+    rows = family_run.rows
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
         assert r["clients"] == 2 and r["rejected"] == [] and r["train_loss"] > 0, r
@@ -131,7 +189,7 @@ def test_the_final_adapter_holds_exactly_the_recipe_targets(family_run):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    family, model_dir, out, _ = family_run
+    family, model_dir, out = family_run.family, family_run.model_dir, family_run.out
     adapter = recipe_config(family.recipe).adapter
     targets = set(adapter.target_modules.split(","))
     base = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -152,7 +210,7 @@ def test_the_final_adapter_loads_onto_the_fp32_base(family_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    _, model_dir, out, _ = family_run
+    model_dir, out = family_run.model_dir, family_run.out
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, out / "final_adapter").eval()
     with torch.no_grad():

@@ -1,14 +1,18 @@
-"""Train in the frame you are scored in: a short federated run of the embedded model on finance sentiment
-rows (built from the non-evaluation FPB/FiQA rows) in the finance evaluation frame, then FPB --limit 64."""
+"""Train in the frame you are scored in: ``benchmarks/quality.py`` (a real ``flowertune run`` of the embedded
+model on finance sentiment rows built from the non-evaluation FPB/FiQA rows, in the finance evaluation frame,
+then ``flowertune eval --run`` on the finance suite, --limit 64) must beat the constant answer on FPB and stop
+at the label. This also keeps ``quality.py`` from rotting (it has no separate --quick test)."""
 
 import json
 import subprocess
+import sys
 
 import pytest
 
-from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning
+from tests.conftest import REPO
+from tests.e2e.helpers import isolated_env, kill_processes_mentioning
 
-ROUNDS = 5
+ROUNDS, STEPS, BATCH, LIMIT = 2, 8, 8, 64
 
 
 @pytest.mark.slow
@@ -18,34 +22,28 @@ def test_finance_frame_beats_the_constant_answer_and_stops_at_the_label(tmp_path
     from flowertune.eval.protocol import sentiment_correct
     from flowertune.federation.rundir import read_config
 
-    home, out, data = tmp_path / "home", tmp_path / "run", tmp_path / "fin.jsonl"
-    env = isolated_env(home)
-    subprocess.run([str(BIN / "flowertune"), "build-data", "finance-sentiment", "--data-dir", str(real_data_dir),
-                    "--out", str(data)], env=env, check=True, capture_output=True, timeout=300)
-    overrides = [
-        "model.name=embedded", "model.quantization=0", "model.dtype=auto", "model.gradient-checkpointing=false",
-        "train.training-arguments.optim=adamw_torch", f"static.dataset.name={data}", f"num-server-rounds={ROUNDS}",
-        "strategy.fraction-train=0.5", "train.eval-every-round=0", "train.learning-rate-max=1e-3",
-        "train.learning-rate-min=1e-4", "model.lora.target-modules=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-        "train.training-arguments.max-steps=10", "train.training-arguments.per-device-train-batch-size=16",
-    ]
-    try:  # the finance preset picks the finance frame; 4 nodes instead of its 50 to keep it short
-        proc = subprocess.run([str(BIN / "flowertune"), "run", "--preset", "finance", "--num-supernodes", "4",
-                               "--out", str(out), *overrides], env=env, capture_output=True, text=True, timeout=1500,
-                              check=False)
+    home, out = tmp_path / "home", tmp_path / "quality"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--challenge", "finance",
+           "--variants", "constant,fed-iid", "--nodes", "2", "--per-round", "2", "--rounds", str(ROUNDS),
+           "--steps", str(STEPS), "--batch", str(BATCH), "--limit", str(LIMIT), "--data-dir", str(real_data_dir),
+           "--out", str(out)]
+    try:
+        proc = subprocess.run(cmd, env=isolated_env(home), capture_output=True, text=True, timeout=1500,
+                              check=False, cwd=REPO)
     finally:
         kill_processes_mentioning(str(home))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert read_config(out)["data.prompt-frame"] == "finance"
-    proc = subprocess.run([str(BIN / "flowertune"), "eval", "--run", str(out), "--benchmarks", "fpb", "--limit", "64",
-                           "--data-dir", str(real_data_dir), "--no-progress"], env=env, capture_output=True, text=True,
-                          timeout=900, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads((out / "eval" / "results.json").read_text())["fpb"]
-    items = BENCHMARKS.get("fpb").load(real_data_dir)[:64]
+    assert "| fed-iid |" in proc.stdout and "| constant |" in proc.stdout  # its table
+    assert read_config(out / "fed-iid")["data.prompt-frame"] == "finance"
+    result = json.loads((out / "fed-iid" / "eval" / "results.json").read_text())["fpb"]
+    # the constant answer, computed here independently of quality.py
+    items = BENCHMARKS.get("fpb").load(real_data_dir)[:LIMIT]
     constant = max(sum(sentiment_correct(label, it) for it in items) for label in ("negative", "neutral", "positive"))
-    assert result["score"] > 100 * constant / 64, (result, constant)
+    reported = json.loads((out / "quality.json").read_text())["constant"]["results"]["fpb"]["score"]
+    assert reported == pytest.approx(100 * constant / LIMIT)
+    assert result["n"] == LIMIT and result["score"] > 100 * constant / LIMIT, (result, constant)
     assert result["eos_after_answer_pct"] >= 90.0, result
-    rows = [json.loads(line) for line in (out / "eval" / "items-fpb.jsonl").read_text().splitlines()]
-    print(f"\nfinance frame, {ROUNDS} rounds: FPB@64 {result['score']:.1f} (constant {100 * constant / 64:.1f}), "
-          f"EOS after label {result['eos_after_answer_pct']:.1f}%, e.g. {rows[0]['generation']!r}")
+    rows = [json.loads(line) for line in (out / "fed-iid" / "eval" / "items-fpb.jsonl").read_text().splitlines()]
+    print(f"\nfinance frame, {ROUNDS} rounds x 2 clients x {STEPS} steps x {BATCH}: FPB@{LIMIT} {result['score']:.1f} "
+          f"(constant {100 * constant / LIMIT:.1f}), EOS after label {result['eos_after_answer_pct']:.1f}%, "
+          f"e.g. {rows[0]['generation']!r}")

@@ -88,6 +88,22 @@ def test_two_runs_with_the_same_seed_are_bit_identical(runs):
     assert rows[-1]["bytes_down"] < rows[0]["bytes_down"], "later rounds send int3 deltas, not full adapters"
 
 
+def test_compressed_wire_through_the_real_runtime(runs):
+    """``delta-int3`` on both links of run A, against the fp32 size of one adapter copy."""
+    from safetensors.numpy import load_file
+
+    from flowertune.wire import to_array_record
+
+    a, _, _, _ = runs
+    per_copy = to_array_record(load_file(a / "final_adapter" / "adapter_model.safetensors")).count_bytes()
+    rows = read_jsonl(a / "metrics.jsonl")[1:]
+    # first contact (both sampled nodes in round 1): the full adapter in fp16, about half of fp32 (Flower counts
+    # a small per-array overhead)
+    assert 0.4 < rows[0]["bytes_down"] / (2 * per_copy) < 0.6, (rows[0]["bytes_down"], per_copy)
+    # uplinks: 3-bit deltas and one fp32 scale per slice (on this tiny adapter the scales weigh a lot)
+    assert all(r["bytes_up"] < 2 * per_copy / 2 for r in rows), [r["bytes_up"] for r in rows]
+
+
 def test_resume_with_a_changed_config_is_refused_before_start(runs, tmp_path):
     _, b, _, _ = runs
     proc = run_flowertune(tmp_path, "run", "--resume", str(b), "model.lora.peft-lora-r=16", timeout=120)
