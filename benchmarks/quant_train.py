@@ -18,7 +18,7 @@ runtime, allocator pages kept from loading; "loaded RSS") plus activations and o
 the high-water mark while loading, where a quantized base briefly holds its full-precision weights too.
 
     python benchmarks/quant_train.py            # 3 repeats x 10 steps per configuration: 12 subprocesses
-    python benchmarks/quant_train.py --quick    # CI smoke run: 4 subprocesses of 1 step each
+    python benchmarks/quant_train.py --quick    # CI smoke run: tiny random Llama, 4 subprocesses of 1 step each
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def measure_one(precision: Precision, steps: int, seq_length: int, batch_size: int, eval_examples: int) -> dict:
+def measure_one(precision: Precision, steps: int, seq_length: int, batch_size: int, eval_examples: int,
+                model: str = "embedded") -> dict:
     """Load, warm up and time one round of ``precision`` in this (fresh) process."""
     import dataclasses
 
@@ -74,7 +75,7 @@ def measure_one(precision: Precision, steps: int, seq_length: int, batch_size: i
     from flowertune.memory import process_memory_mb
     from flowertune.train.loop import evaluate_loss, train_round
 
-    cfg = from_flat({"model.quantization": precision.bits, "model.dtype": precision.dtype,
+    cfg = from_flat({"model.name": model, "model.quantization": precision.bits, "model.dtype": precision.dtype,
                      "train.seq-length": seq_length, "train.training-arguments.per-device-train-batch-size": batch_size,
                      "train.training-arguments.max-steps": steps, "data.max-eval-examples": eval_examples})
     rt = client_runtime.runtime(cfg)
@@ -93,7 +94,7 @@ def measure_one(precision: Precision, steps: int, seq_length: int, batch_size: i
             "loaded_rss_mb": loaded["rss_mb"], "peak_rss_mb": trained["peak_rss_mb"] if reset else float("nan")}
 
 
-def run_one(precision: Precision, **job: int) -> dict:
+def run_one(precision: Precision, **job: int | str) -> dict:
     """:func:`measure_one` in a fresh subprocess; ``{"error": ...}`` when it fails."""
     job = {"precision": asdict(precision), **job}
     proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True, text=True,
@@ -107,7 +108,9 @@ def run_one(precision: Precision, **job: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1 repeat x 1 timed step, 4 held-out examples (CI smoke run)")
+    ap.add_argument("--quick", action="store_true",
+                    help="CI smoke run: a tiny random Llama (not the embedded model), 1 repeat x 1 timed step of "
+                         "batch 2 x 128 tokens, 4 held-out examples; not a measurement")
     ap.add_argument("--repeats", type=int, default=3, help="subprocesses per configuration (round-robin)")
     ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per subprocess")
     ap.add_argument("--seq-length", type=int, default=512, help="train.seq-length")
@@ -120,13 +123,22 @@ def main() -> None:
         print("RESULT " + json.dumps(measure_one(Precision(**job.pop("precision")), **job)))
         return
     repeats, steps, eval_examples = (1, 1, 4) if args.quick else (args.repeats, args.steps, args.eval_examples)
+    model = "embedded"
+    if args.quick:
+        import tempfile
+        from pathlib import Path
+
+        from _common import tiny_model_dir  # benchmarks/ is the script's own directory
+
+        model = tiny_model_dir(Path(tempfile.mkdtemp(prefix="quant-train-")))
+        args.seq_length, args.batch_size = 128, 2
     configs = precisions()
     results: list[list[dict]] = [[] for _ in configs]
     for rep in range(repeats):
         for k, precision in enumerate(configs):
             t0 = time.perf_counter()
             r = run_one(precision, steps=steps, seq_length=args.seq_length, batch_size=args.batch_size,
-                        eval_examples=eval_examples)
+                        eval_examples=eval_examples, model=model)
             results[k].append(r)
             said = r.get("error") or (f"{r['tokens'] / r['seconds']:.0f} tok/s, peak RSS {r['peak_rss_mb']:.0f} MB "
                                       f"({time.perf_counter() - t0:.0f} s with loading)")

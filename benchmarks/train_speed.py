@@ -56,8 +56,8 @@ LEVERS = [
     Lever("bf16 + target-only + packed 512 rows + torch.compile", dtype="bfloat16", mode="pack", fused=True,
           compile=True),
 ]
-QUICK = [LEVERS[0], LEVERS[5]]
 DEFAULT = 5
+FP32_DEFAULT = 6  # what model.dtype=auto trains with on a CPU without native bf16 matmul (bf16 is emulated there)
 
 
 def make_examples(tokenizer, n: int, max_len: int, seed: int = 0) -> list:
@@ -174,7 +174,7 @@ def speed_all(levers: list[Lever], batch_size: int, max_len: int, steps: int,
     return [(n / w, n / (c / threads)) for n, w, c in zip(tokens, wall, cpu)]
 
 
-def gemm_rate(dtype_name: str, tokens: int = 2048) -> float:
+def gemm_rate(dtype_name: str, tokens: int = 2048, reps: int = 20) -> float:
     """Measured GFLOP/s of this machine's matmul at the model's widest layer shape ([tokens, 576] x [576, 1536])."""
     import torch
 
@@ -182,7 +182,7 @@ def gemm_rate(dtype_name: str, tokens: int = 2048) -> float:
     a, b = torch.randn(tokens, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
     for _ in range(3):
         a @ b
-    t0, reps = time.perf_counter(), 20
+    t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
     return 2 * tokens * 576 * 1536 * reps / (time.perf_counter() - t0) / 1e9
@@ -220,7 +220,10 @@ def main() -> None:
         job = json.loads(args.one)
         print("RESULT " + json.dumps(memory_one(Lever(**job.pop("lever")), **job)))
         return
-    levers = QUICK if args.quick else LEVERS
+    from flowertune.train.precision import cpu_has_fast_bf16
+
+    # the smoke run trains the plain loop and the path the default config takes on this machine
+    levers = [LEVERS[0], LEVERS[DEFAULT if cpu_has_fast_bf16() else FP32_DEFAULT]] if args.quick else LEVERS
     if args.only:
         levers = [LEVERS[int(i)] for i in args.only.split(",")]
     large = [LEVERS[int(i)] for i in args.large_only.split(",")] if args.large_only else [
@@ -230,7 +233,8 @@ def main() -> None:
         batch_size, max_len = (int(x) for x in setting.split("x"))
         settings.append((batch_size, max_len, levers if batch_size * max_len <= 4 * 256 else large))
     rows = []
-    bf16, fp32 = gemm_rate("bfloat16"), gemm_rate("float32")
+    # quick: a small matmul, a few times (emulated bf16 runs at ~1 GFLOP/s on AVX2-only CPUs)
+    bf16, fp32 = (gemm_rate(d, *((256, 3) if args.quick else ())) for d in ("bfloat16", "float32"))
     from flowertune.config import ModelConfig
     from flowertune.models.load import load_tokenizer
 
