@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.e2e.helpers import isolated_env, kill_processes_mentioning
 
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if not p.name.startswith("_"))
 # run for real, with its own assertions, by another test: no separate --quick run needed
@@ -20,9 +21,14 @@ def test_there_are_benchmark_scripts():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", [s for s in SCRIPTS if s not in RUN_ELSEWHERE])
-def test_quick_mode_runs(script):
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick"], capture_output=True,
-                          text=True, timeout=900, cwd=REPO, check=False)
+def test_quick_mode_runs(script, tmp_path):
+    # a private FLOWERTUNE_HOME and SuperLink ports: a script's Flower processes neither meet a user's managed
+    # SuperLink nor outlive the test
+    try:
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick"], capture_output=True,
+                              text=True, timeout=900, cwd=REPO, check=False, env=isolated_env(tmp_path / "home"))
+    finally:
+        kill_processes_mentioning(str(tmp_path / "home"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert len(proc.stdout.strip().splitlines()) >= 3, proc.stdout  # printed its table
 
