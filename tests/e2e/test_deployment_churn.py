@@ -3,7 +3,8 @@
 SuperNode 2 is SIGKILLed while round 2 runs: the round completes with the other replies and counts the
 failure, the dead node's resident worker exits (its owner is gone) instead of idling with the model
 loaded, round 3 waits (with a deadline) for three nodes, the restarted SuperNode checks in under a new
-node id, gets a full adapter (delta codec: the server holds no copy for it) and trains again.
+node id, gets a full adapter (delta codec: the server holds no copy for it) and trains again. (That a node's
+copy is known again after its accepted reply is checked in tests/wire/test_wire_broadcast.py.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def test_a_node_killed_mid_round_is_counted_its_worker_exits_and_it_rejoins(tmp_
         for pid in (0, 1, 2):
             supernode(pid)
         overrides = tiny_overrides(tiny_model_dir, tiny_data_file, **{
-            "num-server-rounds": 4, "train.training-arguments.max-steps": 10, "wire.codec": "delta-int8",
+            "num-server-rounds": 3, "train.training-arguments.max-steps": 10, "wire.codec": "delta-int8",
             "strategy.fraction-train": 1.0, "strategy.min-train-nodes": 2, "strategy.min-available-nodes": 3,
             "strategy.node-wait-timeout": 300.0, "strategy.fraction-evaluate": 0.34})
         start("flowertune", [str(BIN / "flowertune"), "run", "--superlink", f"127.0.0.1:{port}", "--out", str(out),
@@ -68,13 +69,13 @@ def test_a_node_killed_mid_round_is_counted_its_worker_exits_and_it_rejoins(tmp_
     text = group.log("flowertune")
     assert procs["flowertune"].returncode == 0, text[-4000:]
     rows = read_jsonl(out / "metrics.jsonl")
-    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
-    r1, r2, r3, r4 = rows[1:]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    r1, r2, r3 = rows[1:]
     assert r1["clients"] == 3 and r1["failures"] == 0
     assert r2["clients"] == 3 and r2["failures"] == 1 and r2["errors"], r2  # the kill, counted and said
-    assert r3["clients"] == r4["clients"] == 3 and r3["failures"] == r4["failures"] == 0, (r3, r4)
-    # round 1 sent three full adapters and round 4 three int8 deltas (fixed sizes); round 3 two deltas and a
-    # full adapter for the new node id, of which the server holds no copy
-    full, delta = r1["bytes_down"] // 3, r4["bytes_down"] // 3
-    assert full != delta and r3["bytes_down"] == 2 * delta + full, (r1["bytes_down"], r3["bytes_down"], r4["bytes_down"])
+    assert r3["clients"] == 3 and r3["failures"] == 0, r3  # the restarted node trained again
+    # round 1 sent three full adapters and round 2 three int8 deltas (all three held round 1's copy; fixed
+    # sizes); round 3 two deltas and a full adapter for the new node id, of which the server holds no copy
+    full, delta = r1["bytes_down"] // 3, r2["bytes_down"] // 3
+    assert full != delta and r3["bytes_down"] == 2 * delta + full, (r1["bytes_down"], r2["bytes_down"], r3["bytes_down"])
     assert (out / "final_adapter/adapter_model.safetensors").is_file()

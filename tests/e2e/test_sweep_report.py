@@ -1,5 +1,8 @@
 """A sweep of two tiny variants through Flower's real simulation, killed after its first member and rerun;
-the members' reports, TensorBoard events, run logs and a submission folder, read back from what was written."""
+the members' reports, TensorBoard events, run logs and a submission folder, read back from what was written.
+
+A member is a plain ``flowertune run`` (2 rounds x 2 clients, fp32 wire): its run directory, byte counts,
+resident model, memory figures and final adapter are checked here too (one Flower run, several checks)."""
 
 from __future__ import annotations
 
@@ -151,3 +154,56 @@ def test_submit_refuses_then_packages(sweep, tmp_path) -> None:
     refused = subprocess.run([flowertune, "submit", str(no_eval), "--out", str(tmp_path / "c")], capture_output=True,
                              text=True, check=False)
     assert refused.returncode == 2 and "no evaluation (eval/results.json)" in refused.stderr
+
+
+# -- a member's run: what any `flowertune run` leaves (2 rounds x 2 clients, tiny model, fp32 wire) --------
+
+
+def test_run_directory_is_complete_and_self_describing(sweep) -> None:
+    out, first_out, _ = sweep
+    run = out / "r4"
+    assert read_config(run)["num-server-rounds"] == 2 and read_config(run)["run.output-dir"] == str(run)
+    rows = read_metrics(run)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        assert r["train_loss"] > 0 and r["eval_loss"] > 0 and r["rejected"] == [] and r["wall_s"] > 0
+    assert (run / "checkpoints/round-1/adapter_model.safetensors").is_file()
+    assert (run / "final_adapter/adapter_config.json").is_file()
+    assert json.loads((run / "summary.json").read_text())["rounds"] == 2 and str(run) in first_out
+
+
+def test_byte_counts_are_two_adapter_copies_per_client(sweep) -> None:
+    from safetensors.numpy import load_file
+
+    from flowertune.wire import to_array_record
+
+    run = sweep[0] / "r4"
+    per_copy = to_array_record(load_file(run / "final_adapter/adapter_model.safetensors")).count_bytes()
+    rows = read_metrics(run)[1:]
+    for r in rows:
+        assert r["clients"] == 2
+        assert r["bytes_down"] == r["bytes_up"] == 2 * per_copy
+        assert r["bytes_round"] == 2 * per_copy * 2
+    assert rows[-1]["bytes_cumulative"] == 2 * 2 * 2 * per_copy
+
+
+def test_the_base_model_stays_resident_and_memory_is_reported(sweep) -> None:
+    rows = read_metrics(sweep[0] / "r4")[1:]
+    assert all(r["client_model_loads"] == 1.0 for r in rows)
+    for r in rows:
+        assert 0 < r["client_rss_mb"] <= r["client_peak_rss_mb"], r
+
+
+def test_final_adapter_loads_with_peft_and_differs_from_round_1(sweep, tiny_model_dir) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = sweep[0] / "r4"
+    x = torch.randint(0, 300, (1, 10))
+    logits = []
+    for d in ("checkpoints/round-1", "final_adapter"):
+        m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run / d).eval()
+        with torch.no_grad():
+            logits.append(m(input_ids=x).logits)
+    assert torch.isfinite(logits[1]).all() and not torch.allclose(logits[0], logits[1])
