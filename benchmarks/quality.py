@@ -78,8 +78,8 @@ def variant_overrides(name: str, args: argparse.Namespace, data: Path, local_sha
 def write_local_share(train: Path, nodes: int, out: Path) -> Path:
     """Partition 0 of ``nodes`` IID partitions of the training file, exactly as a SuperNode loads it."""
     from flowertune.config import DataConfig
-    from flowertune.data.build import write_jsonl
     from flowertune.data.load import load_partition
+    from flowertune.trainsets import write_jsonl
 
     if not out.exists():
         part = load_partition(DataConfig(name=str(train)), 0, nodes)
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = (args.out or Path(tempfile.mkdtemp(prefix=f"quality-{args.challenge}-"))).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    from flowertune.data.build import BUILDERS, write_jsonl
     from flowertune.eval.benchmark import SUITES
+    from flowertune.trainsets import BUILDERS, write_jsonl
 
     data = out / f"train-{ch['build']}.jsonl"
     if not data.exists():

@@ -42,7 +42,7 @@ class Precision:
 
 def precisions() -> list[Precision]:
     """The four configurations, 4-bit first; the 32-bit one is the reference of the ratios."""
-    from flowertune.train.precision import cpu_has_fast_bf16
+    from flowertune.models.dtype import cpu_has_fast_bf16
 
     half = "bfloat16" if cpu_has_fast_bf16() else "float32"
     return [
@@ -166,7 +166,7 @@ def main() -> None:
               f"{last['loss']:>10.4f} {last['eval_loss']:>9.4f}")
     import torch
 
-    from flowertune.train.precision import cpu_has_fast_bf16
+    from flowertune.models.dtype import cpu_has_fast_bf16
 
     print(f"\nthis machine: CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 matmul "
           f"{'yes' if cpu_has_fast_bf16() else 'no'}, {torch.get_num_threads()} threads; {repeats} subprocess(es) x "

@@ -45,8 +45,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
+from flowertune.catalog import FORMATS
 from flowertune.config import Config, from_flat
-from flowertune.data.formats import FORMATS
 from flowertune.data.load import load_partition, split_validation
 from flowertune.data.tokenize import end_of_turn_ids, render_prompt
 from flowertune.federation import client_runtime, client_tasks, wire_client

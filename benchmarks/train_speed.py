@@ -220,7 +220,7 @@ def main() -> None:
         job = json.loads(args.one)
         print("RESULT " + json.dumps(memory_one(Lever(**job.pop("lever")), **job)))
         return
-    from flowertune.train.precision import cpu_has_fast_bf16
+    from flowertune.models.dtype import cpu_has_fast_bf16
 
     # the smoke run trains the plain loop and the path the default config takes on this machine
     levers = [LEVERS[0], LEVERS[DEFAULT if cpu_has_fast_bf16() else FP32_DEFAULT]] if args.quick else LEVERS

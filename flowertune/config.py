@@ -14,6 +14,9 @@ from typing import Any, get_type_hints
 
 Scalar = bool | int | float | str
 
+IN_ROUND_SCHEDULES = ("constant", "cosine", "linear")
+"""Valid ``train.training-arguments.lr-scheduler-type`` values (``train/schedule.py`` implements them)."""
+
 
 class ConfigError(ValueError):
     """A bad configuration value or key; the message names the key and the fix."""
@@ -250,57 +253,6 @@ def from_flat(flat: Mapping[str, Any]) -> Config:
     return cfg
 
 
-def layer(preset: str | None, user: Mapping[str, Any],
-          recipe: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """Defaults < preset < recipe < every key in ``user`` (whatever its value): the materialised flat config
-    and the source of each key (``default`` / ``preset`` / ``recipe`` / ``user``). Marked ``run.preset-applied``.
-
-    ``recipe`` is a recipe name or the path of a recipe ``.toml`` file (:mod:`flowertune.recipes`); it names
-    its preset, which ``preset`` (when given) replaces. Without either the preset is ``quickstart``. A
-    ``preset`` or ``run.recipe`` key in ``user`` counts as the argument of that name.
-    """
-    from flowertune.presets import preset_overrides
-
-    check_keys(user)
-    preset = preset or (str(user["preset"]) if user.get("preset") else None)
-    recipe = recipe or (str(user["run.recipe"]) if user.get("run.recipe") else None)
-    user = {k: v for k, v in user.items() if k not in ("preset", "run.recipe")}
-    chosen = None
-    if recipe:
-        from flowertune.recipes import get_recipe
-
-        chosen = get_recipe(recipe)
-    name = preset or (chosen.preset if chosen else str(flat_defaults()["preset"]))
-    flat: dict[str, Any] = dict(flat_defaults())
-    sources = dict.fromkeys(flat, "default")
-    recipe_keys: Mapping[str, Any] = chosen.keys if chosen else {}
-    for layer_name, values in (("preset", preset_overrides(name)), ("recipe", recipe_keys), ("user", user)):
-        for k, v in values.items():
-            flat[k], sources[k] = v, layer_name
-    flat["preset"], flat["run.preset-applied"] = name, True
-    if preset:
-        sources["preset"] = "user"
-    if chosen is not None:
-        if not preset:
-            sources["preset"] = "recipe"
-        # a recipe file is recorded by its absolute path: the run directory must say what it ran
-        flat["run.recipe"] = str(chosen.path) if str(recipe).endswith(".toml") else chosen.name
-        sources["run.recipe"] = "recipe"
-    return flat, sources
-
-
-def preset_run_config(name: str | None, user: Mapping[str, Any] | None = None, recipe: str | None = None) -> str:
-    """Preset ``name`` (or ``recipe`` on its preset) with the user's keys on top, as one ``--run-config``
-    key=value text for plain ``flwr run``.
-
-    One string with each key once: Flower merges several ``--run-config`` strings per top-level table (a
-    later ``model.x=...`` drops every earlier ``model.*`` key), and TOML rejects a key given twice.
-    """
-    flat, sources = layer(name, dict(user or {}), recipe)
-    keep = [k for k in flat if sources[k] != "default" or k in ("preset", "run.preset-applied")]
-    return " ".join(f"{k}={toml_value(flat[k])}" for k in keep)
-
-
 def resolve(run_config: Mapping[str, Any]) -> Config:
     """Resolve Flower's ``run_config`` (pyproject defaults + overrides) into a :class:`Config`.
 
@@ -357,8 +309,6 @@ def validate(cfg: Config) -> None:
     need(cfg.train.max_steps >= 1 or cfg.train.num_train_epochs > 0,
          "train.training-arguments.max-steps must be >= 1 (or set train.training-arguments.num-train-epochs > 0)")
     need(cfg.train.warmup_steps >= 0, "train.training-arguments.warmup-steps must be >= 0")
-    from flowertune.train.schedule import IN_ROUND_SCHEDULES
-
     need(cfg.train.lr_scheduler_type in IN_ROUND_SCHEDULES,
          f"train.training-arguments.lr-scheduler-type={cfg.train.lr_scheduler_type!r} is not valid; choose "
          f"{', '.join(IN_ROUND_SCHEDULES)} (train.training-arguments.warmup-steps applies to each)")
@@ -378,9 +328,33 @@ def validate(cfg: Config) -> None:
          "run.resume needs run.output-dir (the run directory to continue); or use `flowertune run --resume DIR`")
     need(cfg.run.output_dir == "" or cfg.run.output_dir.startswith("/"),
          f"run.output-dir must be an absolute path (got {cfg.run.output_dir!r}); the server's cwd is the SuperLink's")
-    from flowertune.registries import check_names
-
     check_names(cfg)
+
+
+def check_names(cfg: Config) -> None:
+    """Raise ``ConfigError`` for a strategy, partitioner, data format, prompt frame, preset, wire codec or metric
+    sink that does not exist, listing the valid ones (names only: nothing that implements them is imported)."""
+    from flowertune.catalog import CODECS, FORMATS, FRAMES, PARTITIONERS, SINKS, STRATEGIES
+    from flowertune.presets import PRESETS
+
+    for registry, value, k in (
+        (STRATEGIES, cfg.strategy.name, "strategy.name"),
+        (PARTITIONERS, cfg.data.partitioner, "data.partitioner"),
+        (FORMATS, cfg.data.format, "data.format"),
+        (FRAMES, cfg.data.prompt_frame, "data.prompt-frame"),
+        (PRESETS, cfg.run.preset, "preset"),
+        (CODECS, cfg.run.wire_codec, "wire.codec"),
+    ):
+        if value not in registry:
+            raise ConfigError(f"{k}={value!r} is not valid; choose one of: {', '.join(registry.names())}")
+    for name in sink_names(cfg.run.metric_sinks):
+        if name not in SINKS:
+            raise ConfigError(f"run.metric-sinks: unknown sink {name!r}; choose from: {', '.join(SINKS.names())}")
+
+
+def sink_names(spec: str) -> list[str]:
+    """The sink names of a ``run.metric-sinks`` value (comma-separated, blanks ignored)."""
+    return [s.strip() for s in spec.split(",") if s.strip()]
 
 
 def toml_value(v: Scalar) -> str:

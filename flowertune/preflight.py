@@ -54,7 +54,8 @@ def check_model(cfg: Config) -> None:
 
 def check_data(cfg: Config, partition_id: int = 0, num_partitions: int = 1) -> int:
     """The training data loads and its rows have the columns ``data.format`` needs; returns the row count."""
-    from flowertune.data.formats import FORMATS, DataFormatError
+    from flowertune.catalog import FORMATS
+    from flowertune.data.formats import DataFormatError
     from flowertune.data.load import DataLoadError, load_partition
 
     try:

@@ -57,7 +57,8 @@ def finance_sentiment(data_dir: Path, seed: int = 42) -> Rows:
     import random
 
     from flowertune.eval.benchmarks import fiqa, fpb
-    from flowertune.eval.protocol import seeded_test_indices, sentiment_instruction
+    from flowertune.eval.protocol import seeded_test_indices
+    from flowertune.prompts import sentiment_instruction
 
     held_out = _eval_texts(("fpb", "fiqa", "tfns"), data_dir, _sentiment_input)
     candidates: list[tuple[str, str]] = []
@@ -91,7 +92,8 @@ def medmcqa(data_dir: Path, permute_seed: int | None = None) -> Rows:
 
     rng = random.Random(permute_seed)
     from flowertune.eval.benchmarks import medmcqa as bench
-    from flowertune.eval.protocol import format_mcq, leaderboard_prompt
+    from flowertune.eval.protocol import format_mcq
+    from flowertune.prompts import leaderboard_prompt
 
     held_out = _eval_texts(("medmcqa", "medqa", "careqa"), data_dir, lambda item: item.prompt)
     path = data_dir / "medmcqa_train10k" / "medmcqa_val.json.gz"

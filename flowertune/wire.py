@@ -58,7 +58,7 @@ from typing import Any, Protocol
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from flowertune.registry import Registry
+from flowertune.catalog import CODECS
 
 Arrays = dict[str, np.ndarray]
 SEP = "::"
@@ -79,7 +79,7 @@ class Codec(Protocol):
     def decode(self, payload: Arrays, reference: Arrays | None) -> Arrays: ...
 
 
-CODECS: Registry[type] = Registry("wire codec")  # name -> codec class; options go to its __init__
+# the codec classes below are the catalog entries (flowertune/catalog.py); options go to their __init__
 DEFAULT_CODEC = "fp32"  # lossless: what was sent before codecs existed
 
 
@@ -172,13 +172,11 @@ class FullCodec:
         return out
 
 
-@CODECS.register("fp32")
 class FP32(FullCodec):
     def __init__(self) -> None:
         super().__init__("fp32", np.float32)
 
 
-@CODECS.register("fp16")
 class FP16(FullCodec):
     def __init__(self) -> None:
         super().__init__("fp16", np.float16)
@@ -243,7 +241,6 @@ class DeltaCodec:
         return out
 
 
-@CODECS.register("delta-fp16")
 class DeltaFP16(DeltaCodec):
     name, parts = "delta-fp16", ("delta",)
 
@@ -267,7 +264,6 @@ def _quantize(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values / safe), -127, 127).astype(np.int8)
 
 
-@CODECS.register("delta-int8")
 class DeltaInt8(DeltaCodec):
     name, parts, error_feedback = "delta-int8", ("q", "scale"), True
 
@@ -341,22 +337,18 @@ class DeltaLowBit(DeltaCodec):
         return (values.T if transposed else values).reshape(shape)
 
 
-@CODECS.register("delta-int4")
 class DeltaInt4(DeltaLowBit):
     name, bits = "delta-int4", 4
 
 
-@CODECS.register("delta-int3")
 class DeltaInt3(DeltaLowBit):
     name, bits = "delta-int3", 3
 
 
-@CODECS.register("delta-int2")
 class DeltaInt2(DeltaLowBit):
     name, bits = "delta-int2", 2
 
 
-@CODECS.register("delta-topk-int8")
 class DeltaTopKInt8(DeltaCodec):
     name, parts, error_feedback = "delta-topk-int8", ("q", "idx", "scale"), True
 

@@ -11,7 +11,7 @@ from typing import Any
 
 def handle(args: argparse.Namespace) -> int:
     from flowertune.commands.eval import data_dir_from
-    from flowertune.data.build import BUILDERS, write_jsonl
+    from flowertune.trainsets import BUILDERS, write_jsonl
 
     data_dir = data_dir_from(args.data_dir)
     if data_dir is None or not data_dir.is_dir():
@@ -31,7 +31,7 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    from flowertune.data.build import BUILDERS
+    from flowertune.trainsets import BUILDERS
 
     p = sub.add_parser("build-data", help="build a training set from raw files (evaluation items held out)",
                        description=__doc__)

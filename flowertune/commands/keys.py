@@ -22,7 +22,8 @@ def handle_keys(args: argparse.Namespace) -> int:
 def handle_presets(args: argparse.Namespace) -> int:
     if args.run_config or args.recipe:
         from flowertune.commands.run import parse_overrides
-        from flowertune.config import ConfigError, preset_run_config
+        from flowertune.config import ConfigError
+        from flowertune.layering import preset_run_config
 
         try:
             print(preset_run_config(args.run_config, parse_overrides(args.overrides), args.recipe))

@@ -21,6 +21,7 @@ from typing import Any
 
 from flowertune.config import Config, ConfigError, pyproject_section, toml_value
 from flowertune.federation.rundir import LOG, STOPPED, SUMMARY, default_run_path
+from flowertune.home import flowertune_home
 
 # flowertune's own log lines (server and, through Ray, clients) and the errors a user must see; the rest of
 # Flower's and Ray's output goes to <run>/run.log only, unless -v
@@ -61,21 +62,29 @@ def run_logged(cmd: list[str], env: dict[str, str], run_path: Path, verbose: boo
         return proc.wait()
 
 
-def flowertune_home() -> Path:
-    """State of flowertune's own tools (``$FLOWERTUNE_HOME`` or ``~/.flowertune``)."""
-    return Path(os.environ.get("FLOWERTUNE_HOME", Path.home() / ".flowertune")).absolute()
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables as dotted keys (``{"model": {"lora": {"r": 8}}}`` -> ``{"model.lora.r": 8}``)."""
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[f"{prefix}{k}"] = v
+        else:
+            raise ConfigError(f"{prefix}{k}: a config value is a number, a boolean or a string, not a "
+                              f"{type(v).__name__}")
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``k=v`` pairs (TOML values; bare words are strings) or paths of TOML files, in order."""
     import tomllib
-    from flwr.common.config import flatten_dict
 
     out: dict[str, Any] = {}
     for item in items:
         path = Path(item)
         if item.endswith(".toml") and path.is_file():
-            out.update(flatten_dict(tomllib.loads(path.read_text())))
+            out.update(_flatten(tomllib.loads(path.read_text())))
             continue
         for pair in shlex.split(item):
             if "=" not in pair:
@@ -97,7 +106,8 @@ def resolve_cli(preset: str | None, overrides: dict[str, Any], out: str | None,
     ``run.recipe`` key) names a recipe, which brings its preset unless ``preset`` (or a ``preset`` key) is
     given. ``sources``, when given, is filled with where each key's value came from.
     """
-    from flowertune.config import from_flat, layer
+    from flowertune.config import from_flat
+    from flowertune.layering import layer
 
     flat, origin = layer(preset, overrides, recipe)
     cfg = from_flat(flat)
@@ -272,10 +282,8 @@ def handle(args: argparse.Namespace) -> int:
           f"{s['eval_loss_last']}, communication {s['comm_cost_mb']:.2f} MB, {s['wall_s']:.0f} s\n"
           f"  final adapter: {run_path / 'final_adapter'}\n  report: {run_path / 'report.md'} (and report.html, "
           f"plots/); log: {run_path / LOG}")
-    if s.get("rounds_without_update"):
-        print(f"  WARNING: rounds {s['rounds_without_update']} got no usable client update (client errors or "
-              f"rejected updates; see the log and 'failures'/'rejected' in metrics.jsonl)", file=sys.stderr)
-        return 3 if len(s["rounds_without_update"]) == s["rounds"] else 0
+    # (a round never completes without strategy.min-train-nodes usable updates: it is resampled, then the run
+    # stops with stopped.json, handled above)
     return 0
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowertune.config import DataConfig
-from flowertune.registry import Registry
 
 Row = Mapping[str, Any]
 
@@ -31,7 +30,7 @@ class Record:
 
 Formatter = Callable[[Row, DataConfig], Record]
 
-FORMATS: Registry[Formatter] = Registry("data format")
+# the formats below are the catalog entries (flowertune/catalog.py)
 
 
 class DataFormatError(ValueError):
@@ -57,7 +56,6 @@ def _record(instruction: str, inp: str, response: str) -> Record:
     return Record(instruction, inp, response, _joined(instruction, inp))
 
 
-@FORMATS.register("medical")
 def medical(row: Row, cfg: DataConfig) -> Record:
     """Medical flashcards: the question is in ``input``; the apps drop the fixed ``instruction`` from the turn."""
     question = _get(row, "input", "medical")
@@ -65,26 +63,22 @@ def medical(row: Row, cfg: DataConfig) -> Record:
     return Record(instruction, question, _get(row, "output", "medical"), question)
 
 
-@FORMATS.register("finance")
 def finance(row: Row, cfg: DataConfig) -> Record:
     """FinGPT sentiment: ``instruction + " " + input`` -> ``output``."""
     return _record(_get(row, "instruction", "finance"), _get(row, "input", "finance"), _get(row, "output", "finance"))
 
 
-@FORMATS.register("code")
 def code(row: Row, cfg: DataConfig) -> Record:
     """Code Alpaca: ``instruction + " " + input`` -> ``output``."""
     return _record(_get(row, "instruction", "code"), _get(row, "input", "code"), _get(row, "output", "code"))
 
 
-@FORMATS.register("general-nlp")
 def general_nlp(row: Row, cfg: DataConfig) -> Record:
     """Alpaca-GPT4: ``instruction`` -> ``output`` (the template ignores ``input``)."""
     instruction = _get(row, "instruction", "general-nlp")
     return Record(instruction, str(row.get("input") or ""), _get(row, "output", "general-nlp"), instruction)
 
 
-@FORMATS.register("generic")
 def generic(row: Row, cfg: DataConfig) -> Record:
     """Any instruction/response file, columns named by ``data.*-column``."""
     instruction = _get(row, cfg.instruction_column, "generic", "data.instruction-column")

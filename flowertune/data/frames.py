@@ -3,8 +3,8 @@
 A model answers best in the frame it is scored in. The leaderboard scores each challenge in its own frame,
 with no chat template: finance as ``Instruction: ... Input: ... Answer: ``, medical and general NLP in
 the ``<|im_start|>question ... The answer is:`` frame, code in the benchmarks' docstring form. Those
-frames are built here by the evaluation modules' own prompt builders (one source of truth for training
-and evaluation), beside the tokenizer's chat template and the FlowerTune templates' Alpaca frame.
+frames are built here by the prompt builders the benchmarks use (``flowertune/prompts.py``: one source of
+truth for training and evaluation), beside the tokenizer's chat template and the FlowerTune templates' Alpaca frame.
 
 Every frame ends the response with the token that stops generation: the chat template's end-of-turn
 token in the chat frame, the tokenizer's EOS elsewhere (the evaluation harness stops on both), so a
@@ -27,7 +27,7 @@ from flowertune.data.tokenize import (
     eos_ids,
     has_chat_template,
 )
-from flowertune.registry import Registry
+from flowertune.prompts import docstring_prompt, format_sentiment, leaderboard_prompt
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Frame:
                              special_tokens=not self.chat(tokenizer))
 
 
-FRAMES: Registry[Frame] = Registry("prompt frame")
+# the frames (catalog entries: flowertune/catalog.py, one per name below in capitals)
 
 
 def _never(tokenizer: Any) -> bool:
@@ -62,35 +62,27 @@ def _chat(tokenizer: Any, record: Record) -> str:
 
 
 def _finance(tokenizer: Any, record: Record) -> str:
-    from flowertune.eval.protocol import format_sentiment
-
     return format_sentiment(record.instruction, record.input)
 
 
 def _qa(tokenizer: Any, record: Record) -> str:
-    from flowertune.eval.protocol import leaderboard_prompt
-
     body = record.input or record.instruction
     return leaderboard_prompt(record.instruction if record.input else "", body)
 
 
 def _code(tokenizer: Any, record: Record) -> str:
-    from flowertune.eval.benchmarks.mbpp import docstring_prompt
-
     return docstring_prompt(record.text)
 
 
-FRAMES.add("auto", Frame(
-    "auto", "the tokenizer's chat template when it has one, else the Alpaca frame (the FlowerTune apps' choice)",
-    lambda tok, r: chat_prompt(tok, r.text) if has_chat_template(tok) else alpaca_prompt(r.text),
-    end_of_turn_ids, has_chat_template))
-FRAMES.add("chat", Frame("chat", "the tokenizer's chat template (one user turn)", _chat, end_of_turn_ids,
-                         lambda tok: True))
-FRAMES.add("alpaca", Frame("alpaca", "the FlowerTune templates' Alpaca frame (### Instruction: / ### Response:)",
-                           lambda tok, r: alpaca_prompt(r.text), eos_ids, _never))
-FRAMES.add("finance", Frame("finance", "the finance evaluation frame: Instruction: ...\\nInput: ...\\nAnswer: ",
-                            _finance, eos_ids, _never))
-FRAMES.add("qa", Frame("qa", "the medical/general-NLP evaluation frame: <|im_start|>question ... The answer is:",
-                       _qa, eos_ids, _never))
-FRAMES.add("code", Frame("code", "the MBPP evaluation frame: the instruction in a docstring, the code after it",
-                         _code, eos_ids, _never))
+AUTO = Frame("auto", "the tokenizer's chat template when it has one, else the Alpaca frame (the FlowerTune apps' "
+             "choice)", lambda tok, r: chat_prompt(tok, r.text) if has_chat_template(tok) else alpaca_prompt(r.text),
+             end_of_turn_ids, has_chat_template)
+CHAT = Frame("chat", "the tokenizer's chat template (one user turn)", _chat, end_of_turn_ids, lambda tok: True)
+ALPACA = Frame("alpaca", "the FlowerTune templates' Alpaca frame (### Instruction: / ### Response:)",
+               lambda tok, r: alpaca_prompt(r.text), eos_ids, _never)
+FINANCE = Frame("finance", "the finance evaluation frame: Instruction: ...\\nInput: ...\\nAnswer: ", _finance, eos_ids,
+                _never)
+QA = Frame("qa", "the medical/general-NLP evaluation frame: <|im_start|>question ... The answer is:", _qa, eos_ids,
+           _never)
+CODE = Frame("code", "the MBPP evaluation frame: the instruction in a docstring, the code after it", _code, eos_ids,
+             _never)

@@ -1,24 +1,18 @@
-"""Partitioners (flwr-datasets), one registry entry each, seeded."""
+"""Partitioners (flwr-datasets), one catalog entry each (``flowertune/catalog.py``), seeded."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
+from flowertune.catalog import PARTITIONERS  # the names: "iid" -> iid, "dirichlet" -> dirichlet
 from flowertune.config import ConfigError, DataConfig
-from flowertune.registry import Registry
-
-PARTITIONERS: Registry[Callable[[int, DataConfig], Partitioner]] = Registry("partitioner")
 
 
-@PARTITIONERS.register("iid")
 def iid(num_partitions: int, cfg: DataConfig) -> Partitioner:
     """Equal-size IID shards of the (seeded-shuffled) dataset."""
     return IidPartitioner(num_partitions=num_partitions)
 
 
-@PARTITIONERS.register("dirichlet")
 def dirichlet(num_partitions: int, cfg: DataConfig) -> Partitioner:
     """Label-skewed shards: per-class proportions drawn from Dir(alpha) over ``data.partition-by``."""
     if not cfg.partition_by:

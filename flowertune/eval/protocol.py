@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from flowertune.eval.benchmark import Benchmark, Item
+from flowertune.prompts import format_sentiment, leaderboard_prompt
 
-CHAT_FRAME = "<|im_start|>question\n{prompt}<|im_end|>\n<|im_start|>answer\n"
 # batch sizes of the official eval commands: they fix how the token budgets below are computed
 LEADERBOARD_BATCH_SIZE = 16
 FINANCE_BATCH_SIZE = 32
@@ -39,15 +39,6 @@ def format_mcq(question: str, choices: Sequence[str]) -> str:
         question += "?"
     options = "\n".join(f"{chr(65 + i)}. {choice}" for i, choice in enumerate(choices))
     return f"Question: {question}\n\nOptions:\n{options}"
-
-
-def leaderboard_prompt(instruction: str, body: str) -> str:
-    """The full prompt string: instruction, body and ``The answer is:`` inside the question/answer frame.
-
-    Every benchmark has an instruction; an empty one (a training row without one) leaves its line out.
-    """
-    head = f"{instruction}\n" if instruction else ""
-    return CHAT_FRAME.format(prompt=f"{head}{body}\nThe answer is:\n")
 
 
 def _clean_ascii(text: str) -> str:
@@ -153,24 +144,10 @@ def leaderboard_benchmark(name: str, suite: str, load: Callable[[Path | None], l
 # ---------------------------------------------------------------------------------------------------------
 # finance sentiment (FPB, FiQA, TFNS)
 
-SENTIMENT_INSTRUCTION = "What is the sentiment of this {tag}? Please choose an answer from {{negative/neutral/positive}}."
 # Generation may stop at any of these: the answer text is what follows the prompt's "Answer: " up to the next
 # "Answer: " (``split("Answer: ")[1]``), and "positive" anywhere in it decides the label, so once either
 # appears in the generation no later token can change the extracted answer (see ``finance_benchmark``).
 FINANCE_STOP = ("Answer: ", "positive", "Positive")
-
-
-def sentiment_instruction(tag: str) -> str:
-    """The FinGPT instruction for ``tag`` = "news" or "tweet"."""
-    return SENTIMENT_INSTRUCTION.format(tag=tag)
-
-
-def format_sentiment(instruction: str, text: str) -> str:
-    """``Instruction: ...\\nInput: ...\\nAnswer: `` (the Input line is left out for an empty input)."""
-    prompt = f"Instruction: {instruction}\n"
-    if text:
-        prompt += f"Input: {text}\n"
-    return prompt + "Answer: "
 
 
 def change_target(text: str) -> str:

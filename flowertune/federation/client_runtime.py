@@ -10,10 +10,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from flowertune.catalog import FORMATS, FRAMES
 from flowertune.config import AdapterConfig, Config, DataConfig, ModelConfig
 from flowertune.data.example import IGNORE, Example
-from flowertune.data.formats import FORMATS
-from flowertune.data.frames import FRAMES
 from flowertune.data.load import load_partition, split_validation
 from flowertune.models.adapter import attach_adapter
 from flowertune.models.load import load_model, load_tokenizer

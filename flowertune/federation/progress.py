@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from flowertune.eval.leaderboard import MB
+
 log = logging.getLogger(__name__)
 
-MB = 1024**2
 POLL_S = 1.0
 
 

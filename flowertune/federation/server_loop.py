@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from flowertune.config import Config
+from flowertune.eval.leaderboard import MB
 from flowertune.federation.progress import RoundTicker, send_and_receive
 from flowertune.federation.rundir import RunDir, read_metrics
 from flowertune.federation.sinks import Sinks
@@ -29,7 +30,6 @@ from flowertune.wire import NodeCopy, to_array_record
 log = logging.getLogger(__name__)
 
 BUDGET_MB = 200_000  # the FlowerTune leaderboard's communication budget
-MB = 1024**2
 
 
 class RunStopped(RuntimeError):
@@ -149,7 +149,6 @@ class Progress:
     warned: bool = False
     first_eval: float | None = None
     last_eval: float | None = None
-    stalled: list[int] = field(default_factory=list)
     wall_s: float = 0.0
     run_key: str = ""
 
@@ -167,7 +166,7 @@ class Progress:
         meta = {
             "round": self.round, "adapter_config": self.adapter_config, "global_keys": list(self.arrays.keys()),
             "cumulative": self.cumulative, "warned": self.warned, "first_eval": self.first_eval,
-            "last_eval": self.last_eval, "stalled": self.stalled, "wall_s": self.wall_s, "strategy": kinds,
+            "last_eval": self.last_eval, "wall_s": self.wall_s, "strategy": kinds,
             "downlink": mirror, "strategy_name": type(strategy).__name__, "codec": strategy.codec.name,
         }
         return meta, arrays
@@ -188,7 +187,7 @@ class Progress:
         progress = cls(round=int(meta["round"]), arrays=to_array_record({k: glob[k] for k in meta["global_keys"]}),
                        adapter_config=meta["adapter_config"], cumulative=int(meta["cumulative"]),
                        warned=bool(meta["warned"]), first_eval=meta["first_eval"], last_eval=meta["last_eval"],
-                       stalled=list(meta["stalled"]), wall_s=float(meta["wall_s"]), run_key=run_key)
+                       wall_s=float(meta["wall_s"]), run_key=run_key)  # (a "stalled" key of older files: unused)
         return progress, mirror
 
 
@@ -334,7 +333,6 @@ def _rounds(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks) -> dict[str,
         "rounds": rounds, "eval_loss_first": progress.first_eval, "eval_loss_last": progress.last_eval,
         "bytes_cumulative": progress.cumulative, "comm_cost_mb": progress.cumulative / MB,
         "adapter_parameters": n_params, "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir.path),
-        "rounds_without_update": progress.stalled,
     }
     final = run_dir.finish(_as_numpy(progress.arrays), progress.adapter_config, summary)
     log.info("done: eval loss %s -> %s, communication %.2f MB, %.0f s; final adapter %s",

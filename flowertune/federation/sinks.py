@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from flowertune.config import ConfigError
-from flowertune.registry import Registry
+from flowertune.catalog import SINKS
+from flowertune.config import ConfigError, sink_names
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,10 @@ class WandbSink:
 
 
 # name -> (class, the module it imports, how to install it)
-SINKS: Registry[tuple[type, str, str]] = Registry("metric sink")
-SINKS.add("tensorboard", (TensorBoardSink, "tensorboard", "pip install tensorboard"))
-SINKS.add("mlflow", (MLflowSink, "mlflow", "pip install mlflow (and set MLFLOW_TRACKING_URI)"))
-SINKS.add("wandb", (WandbSink, "wandb", "pip install wandb (and `wandb login`, or WANDB_MODE=offline)"))
-
-
-def sink_names(spec: str) -> list[str]:
-    return [s.strip() for s in spec.split(",") if s.strip()]
+# (catalog entries: flowertune/catalog.py)
+TENSORBOARD = (TensorBoardSink, "tensorboard", "pip install tensorboard")
+MLFLOW = (MLflowSink, "mlflow", "pip install mlflow (and set MLFLOW_TRACKING_URI)")
+WANDB = (WandbSink, "wandb", "pip install wandb (and `wandb login`, or WANDB_MODE=offline)")
 
 
 def check_sinks(spec: str) -> None:

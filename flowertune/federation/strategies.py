@@ -21,9 +21,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
+from flowertune.catalog import STRATEGIES
 from flowertune.config import StrategyConfig
 from flowertune.models.adapter import AdapterUpdateError, check_arrays
-from flowertune.registry import Registry
 from flowertune.wire import Downlink, from_array_record, get_codec, to_array_record
 
 log = logging.getLogger(__name__)
@@ -262,9 +262,6 @@ def _tracked(base: type) -> type:
 
 FedAvgFT, FedProxFT, FedAvgMFT, FedAdamFT, FedYogiFT = map(_tracked, (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi))
 
-STRATEGIES: Registry[Callable[[StrategyConfig], Any]] = Registry("strategy")
-
-
 def _common(cfg: StrategyConfig) -> dict[str, Any]:
     # strategy.min-available-nodes is waited for by the server loop, with a deadline and before training
     # only: Flower's strategies would wait for it without end, before the evaluation too
@@ -277,14 +274,25 @@ def _common(cfg: StrategyConfig) -> dict[str, Any]:
     }
 
 
-STRATEGIES.add("fedavg", lambda c: FedAvgFT(**_common(c)))
-STRATEGIES.add("fedprox", lambda c: FedProxFT(**_common(c), proximal_mu=c.proximal_mu))
-STRATEGIES.add("fedavgm", lambda c: FedAvgMFT(**_common(c), server_learning_rate=c.server_learning_rate,
-                                              server_momentum=c.server_momentum))
-STRATEGIES.add("fedadam", lambda c: FedAdamFT(**_common(c), eta=c.eta, eta_l=c.eta_l, beta_1=c.beta_1,
-                                              beta_2=c.beta_2, tau=c.tau))
-STRATEGIES.add("fedyogi", lambda c: FedYogiFT(**_common(c), eta=c.eta, eta_l=c.eta_l, beta_1=c.beta_1,
-                                              beta_2=c.beta_2, tau=c.tau))
+# the strategies by name (catalog entries: flowertune/catalog.py)
+def fedavg(c: StrategyConfig) -> Any:
+    return FedAvgFT(**_common(c))
+
+
+def fedprox(c: StrategyConfig) -> Any:
+    return FedProxFT(**_common(c), proximal_mu=c.proximal_mu)
+
+
+def fedavgm(c: StrategyConfig) -> Any:
+    return FedAvgMFT(**_common(c), server_learning_rate=c.server_learning_rate, server_momentum=c.server_momentum)
+
+
+def fedadam(c: StrategyConfig) -> Any:
+    return FedAdamFT(**_common(c), eta=c.eta, eta_l=c.eta_l, beta_1=c.beta_1, beta_2=c.beta_2, tau=c.tau)
+
+
+def fedyogi(c: StrategyConfig) -> Any:
+    return FedYogiFT(**_common(c), eta=c.eta, eta_l=c.eta_l, beta_1=c.beta_1, beta_2=c.beta_2, tau=c.tau)
 
 
 def make_strategy(cfg: StrategyConfig, codec: str = "fp32", **codec_options: Any) -> Any:

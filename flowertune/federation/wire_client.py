@@ -10,13 +10,12 @@ exactly what each node held, and a resumed run computes what the uninterrupted o
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from flowertune.federation.state import StateError, load_state, prune, round_files, save_state, split_prefixed
+from flowertune.home import flowertune_home
 from flowertune.wire import Codec, decode_broadcast, from_array_record, get_codec, to_array_record
 
 HELD, META, RESIDUAL = "wire-held", "wire-meta", "wire-residual"
@@ -38,7 +37,7 @@ class WireStore:
     """
 
     def __init__(self, run_key: str, partition_id: int) -> None:
-        home = Path(os.environ.get("FLOWERTUNE_HOME", Path.home() / ".flowertune")).absolute()
+        home = flowertune_home()
         safe = hashlib.sha256(run_key.encode()).hexdigest()[:16]
         self.dir = home / "client-state" / safe / f"partition-{partition_id}"
 

@@ -22,18 +22,16 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
+from flowertune.home import flowertune_home
+
 log = logging.getLogger(__name__)
-
-
-def _home() -> Path:
-    return Path(os.environ.get("FLOWERTUNE_HOME", Path.home() / ".flowertune")).absolute()
 
 
 def _authkey() -> bytes:
     """The key the ClientApp and its worker share: readable by this user only, in a home others cannot write."""
     import stat
 
-    home = _home()
+    home = flowertune_home()
     home.mkdir(parents=True, exist_ok=True)
     if home.stat().st_mode & stat.S_IWOTH and not home.stat().st_mode & stat.S_ISVTX:
         raise PermissionError(f"{home} is world-writable, so another user could replace the worker key; "
@@ -52,7 +50,7 @@ def _authkey() -> bytes:
 
 def address(node_key: str) -> str:
     """Socket path of the worker for ``node_key`` (short enough for AF_UNIX's 107-byte limit)."""
-    digest = hashlib.sha256(f"{_home()}:{node_key}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{flowertune_home()}:{node_key}".encode()).hexdigest()[:16]
     return str(Path("/tmp") / f"flowertune-worker-{os.getuid()}-{digest}.sock")
 
 
@@ -72,11 +70,11 @@ def _started(pid: int) -> str | None:
 
 
 def _spawn(addr: str, idle_timeout: float, owner_pid: int) -> None:
-    logs = _home() / "workers"
+    logs = flowertune_home() / "workers"
     logs.mkdir(parents=True, exist_ok=True)
     out = open(logs / (Path(addr).stem + ".log"), "ab")  # noqa: SIM115 - handed to the detached child
     subprocess.Popen([sys.executable, "-m", "flowertune.federation.worker", "--address", addr,
-                      "--idle-timeout", str(idle_timeout), "--home", str(_home()), "--owner-pid", str(owner_pid),
+                      "--idle-timeout", str(idle_timeout), "--home", str(flowertune_home()), "--owner-pid", str(owner_pid),
                       "--owner-started", _started(owner_pid) or ""],
                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -105,7 +103,7 @@ def call(node_key: str, task: str, *args: Any, idle_timeout: float = 900.0, star
                 spawned = True
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the flowertune worker at {addr} did not start within {start_timeout:.0f} s; "
-                                   f"see {_home() / 'workers'}") from None
+                                   f"see {flowertune_home() / 'workers'}") from None
             time.sleep(0.2)
     with conn:
         conn.send((task, args))

@@ -21,7 +21,7 @@ def pick_device() -> torch.device:
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` is bf16 on CUDA with bf16 support and on CPUs with native bf16 matmul (AMX/AVX512-BF16)."""
-    from flowertune.train.precision import training_dtype
+    from flowertune.models.dtype import training_dtype
 
     return training_dtype(name, device)
 

@@ -9,7 +9,7 @@ A recipe is one TOML file in this directory, named after what it trains (``code-
 ``[config]``
     The flat config keys the README states, written as in ``[tool.flwr.app.config]``.
 
-Layering is defaults < preset < recipe < the user's keys (:func:`flowertune.config.layer`), so a recipe
+Layering is defaults < preset < recipe < the user's keys (:func:`flowertune.layering.layer`), so a recipe
 holds only what its README says and the preset fills in the rest of the challenge.
 """
 

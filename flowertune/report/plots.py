@@ -14,7 +14,8 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-MB = 1024**2
+from flowertune.eval.leaderboard import MB
+
 Row = Mapping[str, Any]
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from flowertune.config import toml_value
 from flowertune.eval.benchmark import SUITES
+from flowertune.eval.leaderboard import MB
 
-MB = 1024**2
 # keys that say where and how a run was started, not what it computes
 _BOOKKEEPING = {"run.output-dir", "run.preset-applied", "run.resume", "run.resume-force", "preset", "run.recipe",
                 "num-supernodes"}
@@ -47,7 +47,7 @@ def round_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list
 
 def user_keys(config: Mapping[str, Any]) -> dict[str, Any]:
     """The keys of a resolved run config that differ from its preset (and recipe) layered on the defaults."""
-    from flowertune.config import layer
+    from flowertune.layering import layer
 
     base, _ = layer(str(config["preset"]), {}, str(config.get("run.recipe") or "") or None)
     return {k: v for k, v in config.items() if k not in _BOOKKEEPING and k in base and base[k] != v}
@@ -67,7 +67,7 @@ def cli_value(v: Any) -> str:
 
 def reproduce_command(config: Mapping[str, Any]) -> str:
     """The ``flowertune run`` command line that resolves to the same config (shell-quoted)."""
-    from flowertune.config import layer
+    from flowertune.layering import layer
 
     recipe = str(config.get("run.recipe") or "")
     parts = ["flowertune", "run"]

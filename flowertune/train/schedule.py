@@ -8,13 +8,8 @@ name, which is what the FlowerTune apps' ``train.training-arguments.lr-scheduler
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from flowertune.config import TrainConfig
-
-IN_ROUND_SCHEDULES = ("constant", "cosine", "linear")
-"""Valid ``train.training-arguments.lr-scheduler-type`` values."""
+from flowertune.config import IN_ROUND_SCHEDULES, TrainConfig
 
 
 def cosine_annealing(server_round: int, total_rounds: int, lr_max: float, lr_min: float) -> float:

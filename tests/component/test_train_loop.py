@@ -4,9 +4,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from flowertune.catalog import FRAMES
 from flowertune.config import AdapterConfig, ModelConfig, TrainConfig
 from flowertune.data.formats import Record
-from flowertune.data.frames import FRAMES
 from flowertune.models.adapter import attach_adapter, get_arrays
 from flowertune.train.loop import batch_order, evaluate_loss, train_round
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowertune.config import from_flat, layer
+from flowertune.config import from_flat
 from flowertune.federation.rundir import read_config
+from flowertune.layering import layer
 from tests.conftest import REPO, bpe_tokenizer
 from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning, read_jsonl
 

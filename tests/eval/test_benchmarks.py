@@ -8,7 +8,7 @@ import pytest
 
 from flowertune.eval.benchmark import BENCHMARKS, SUITES
 from flowertune.eval.benchmarks import medmcqa, medqa, mmlu, pubmedqa
-from flowertune.eval.protocol import sentiment_instruction
+from flowertune.prompts import sentiment_instruction
 
 FRAME_END = "\nThe answer is:\n<|im_end|>\n<|im_start|>answer\n"
 

@@ -6,9 +6,9 @@ import collections
 import json
 from pathlib import Path
 
-from flowertune.data.build import BUILDERS, normalise
 from flowertune.eval.benchmark import BENCHMARKS
-from flowertune.eval.protocol import leaderboard_prompt, sentiment_instruction
+from flowertune.prompts import leaderboard_prompt, sentiment_instruction
+from flowertune.trainsets import BUILDERS, normalise
 
 
 def _sentence(prompt: str) -> str:

@@ -13,14 +13,12 @@ from flowertune.eval.protocol import (
     finance_items,
     format_answer,
     format_mcq,
-    format_sentiment,
     gold_token_budget,
     leaderboard_correct,
     leaderboard_items,
-    leaderboard_prompt,
     leaderboard_score,
-    sentiment_instruction,
 )
+from flowertune.prompts import format_sentiment, leaderboard_prompt, sentiment_instruction
 
 
 class CharTokenizer:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from flowertune.train import precision
-from flowertune.train.precision import prepare_for_training, training_dtype
+from flowertune.models import dtype
+from flowertune.models.dtype import training_dtype
+from flowertune.train.precision import prepare_for_training
 
 
 def test_auto_dtype_follows_cpu_bf16_support(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(dtype, "cpu_has_fast_bf16", lambda: True)
     assert training_dtype("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(dtype, "cpu_has_fast_bf16", lambda: False)
     assert training_dtype("auto", cpu) == torch.float32
     assert training_dtype("float32", cpu) == torch.float32  # an explicit choice wins
 

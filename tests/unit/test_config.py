@@ -2,7 +2,8 @@ import pytest
 import tomllib
 from flwr.common.config import flatten_dict
 
-from flowertune.config import ConfigError, flat_defaults, from_flat, layer, pyproject_section, resolve
+from flowertune.config import ConfigError, flat_defaults, from_flat, pyproject_section, resolve
+from flowertune.layering import layer
 from flowertune.presets import PRESETS
 from tests.conftest import REPO
 
@@ -63,7 +64,7 @@ def test_plain_flwr_run_with_a_preset_must_apply_it_explicitly():
     """Flower merges the pyproject defaults with the overrides, so the app cannot see what the user set."""
     from flwr.common.config import parse_config_args
 
-    from flowertune.config import preset_run_config
+    from flowertune.layering import preset_run_config
 
     with pytest.raises(ConfigError, match="flowertune presets --run-config medical"):
         resolve({**flat_defaults(), "preset": "medical", "model.lora.peft-lora-r": 8})

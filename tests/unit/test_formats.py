@@ -1,7 +1,8 @@
 import pytest
 
+from flowertune.catalog import FORMATS
 from flowertune.config import DataConfig
-from flowertune.data.formats import FORMATS, DataFormatError
+from flowertune.data.formats import DataFormatError
 
 ROW = {"instruction": "Answer this question truthfully", "input": "What causes scurvy?", "output": "Vitamin C lack."}
 

@@ -5,14 +5,15 @@ import copy
 
 import pytest
 
+from flowertune.catalog import FORMATS, FRAMES
 from flowertune.config import DataConfig
 from flowertune.data.example import IGNORE
-from flowertune.data.formats import FORMATS, Record
-from flowertune.data.frames import FRAMES
+from flowertune.data.formats import Record
 from flowertune.data.tokenize import end_of_turn_ids
 from flowertune.eval.benchmarks import mbpp, medmcqa
 from flowertune.eval.harness import end_token_ids
-from flowertune.eval.protocol import finance_items, format_mcq, mcq_items, sentiment_instruction
+from flowertune.eval.protocol import finance_items, format_mcq, mcq_items
+from flowertune.prompts import sentiment_instruction
 
 LLAMA2_CHAT = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content']"

@@ -12,7 +12,8 @@ import pytest
 import tomllib
 
 from flowertune.commands.run import parse_overrides, print_config, resolve_cli
-from flowertune.config import ConfigError, flat_defaults, from_flat, layer, preset_run_config, resolve
+from flowertune.config import ConfigError, flat_defaults, from_flat, resolve
+from flowertune.layering import layer, preset_run_config
 from flowertune.recipes import RECIPE_DIR, get_recipe, load_recipe, recipes
 from flowertune.train.schedule import cosine_annealing, round_steps
 from tests.conftest import REPO

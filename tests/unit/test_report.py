@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowertune.config import from_flat, layer
+from flowertune.config import from_flat
 from flowertune.federation.rundir import RunDir, read_config
+from flowertune.layering import layer
 from flowertune.report import write_report
 from flowertune.report.methodology import methodology
 from flowertune.report.plots import figures

@@ -1,8 +1,8 @@
 import pytest
 
+from flowertune.catalog import FRAMES
 from flowertune.data.example import IGNORE
 from flowertune.data.formats import Record
-from flowertune.data.frames import FRAMES
 from flowertune.data.tokenize import end_of_turn_ids, render_prompt
 
 FAMILIES = ["bpe-chatml", "sentencepiece-alpaca"]

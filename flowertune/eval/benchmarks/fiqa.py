@@ -6,7 +6,8 @@ import csv
 from pathlib import Path
 
 from flowertune.eval.benchmark import Item, register
-from flowertune.eval.protocol import finance_benchmark, finance_items, seeded_test_indices, sentiment_instruction
+from flowertune.eval.protocol import finance_benchmark, finance_items, seeded_test_indices
+from flowertune.prompts import sentiment_instruction
 
 HUB_ID = "pauri32/fiqa-2018"
 SPLITS = ("train", "validation", "test")

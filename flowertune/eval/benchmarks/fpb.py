@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowertune.eval.benchmark import Item, register
-from flowertune.eval.protocol import finance_benchmark, finance_items, seeded_test_indices, sentiment_instruction
+from flowertune.eval.protocol import finance_benchmark, finance_items, seeded_test_indices
+from flowertune.prompts import sentiment_instruction
 
 HUB_ID, HUB_CONFIG = "takala/financial_phrasebank", "sentences_50agree"
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}

@@ -16,17 +16,12 @@ from typing import Any
 from flowertune.eval.benchmark import Benchmark, Item, register
 from flowertune.eval.benchmarks.humaneval import LIMITS, budget, find_file, pass_at_1, read_jsonl, truncate_at_stop
 from flowertune.eval.sandbox import Program
+from flowertune.prompts import docstring_prompt
 
 HUB_ID = "google-research-datasets/mbpp"
 STOP = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```")
 MAX_LENGTH = 2048
 TEST_IDS = range(11, 511)
-
-
-def docstring_prompt(*lines: str) -> str:
-    """The InCoder docstring frame: the lines inside triple quotes, then a newline (the code follows)."""
-    body = "\n".join(lines)
-    return f'"""\n{body}\n"""\n'
 
 
 def build_prompt(text: str, first_test: str) -> str:

@@ -19,8 +19,8 @@ from flowertune.eval.protocol import (
     leaderboard_benchmark,
     leaderboard_correct,
     leaderboard_items,
-    leaderboard_prompt,
 )
+from flowertune.prompts import leaderboard_prompt
 
 # the protocol reads lukaemon/mmlu (a loading script, datasets<4 only); cais/mmlu is the same test data
 HUB_ID = "cais/mmlu"

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from flowertune.eval.benchmark import Item, register
-from flowertune.eval.protocol import leaderboard_benchmark, leaderboard_items, leaderboard_prompt
+from flowertune.eval.protocol import leaderboard_benchmark, leaderboard_items
+from flowertune.prompts import leaderboard_prompt
 
 HUB_ID, HUB_CONFIG = "bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source"
 INSTRUCTION = (

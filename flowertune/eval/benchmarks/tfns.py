@@ -6,7 +6,8 @@ import csv
 from pathlib import Path
 
 from flowertune.eval.benchmark import Item, register
-from flowertune.eval.protocol import finance_benchmark, finance_items, sentiment_instruction
+from flowertune.eval.protocol import finance_benchmark, finance_items
+from flowertune.prompts import sentiment_instruction
 
 HUB_ID = "zeroshot/twitter-financial-news-sentiment"
 LABELS = {0: "negative", 1: "positive", 2: "neutral"}  # Bearish, Bullish, Neutral

@@ -1,0 +1,62 @@
+"""Layering a run's config: defaults < preset < recipe < the user's keys, with the source of every value.
+
+Only the callers that know which keys the user set layer (``flowertune run``, ``flowertune presets
+--run-config`` for plain ``flwr run``); the ServerApp takes the materialised result as it is
+(:func:`flowertune.config.resolve`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flowertune.config import check_keys, flat_defaults, toml_value
+from flowertune.presets import preset_overrides
+from flowertune.recipes import get_recipe
+
+
+def layer(preset: str | None, user: Mapping[str, Any],
+          recipe: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Defaults < preset < recipe < every key in ``user`` (whatever its value): the materialised flat config
+    and the source of each key (``default`` / ``preset`` / ``recipe`` / ``user``). Marked ``run.preset-applied``.
+
+    ``recipe`` is a recipe name or the path of a recipe ``.toml`` file (:mod:`flowertune.recipes`); it names
+    its preset, which ``preset`` (when given) replaces. Without either the preset is ``quickstart``. A
+    ``preset`` or ``run.recipe`` key in ``user`` counts as the argument of that name.
+    """
+    check_keys(user)
+    preset = preset or (str(user["preset"]) if user.get("preset") else None)
+    recipe = recipe or (str(user["run.recipe"]) if user.get("run.recipe") else None)
+    user = {k: v for k, v in user.items() if k not in ("preset", "run.recipe")}
+    chosen = None
+    if recipe:
+        chosen = get_recipe(recipe)
+    name = preset or (chosen.preset if chosen else str(flat_defaults()["preset"]))
+    flat: dict[str, Any] = dict(flat_defaults())
+    sources = dict.fromkeys(flat, "default")
+    recipe_keys: Mapping[str, Any] = chosen.keys if chosen else {}
+    for layer_name, values in (("preset", preset_overrides(name)), ("recipe", recipe_keys), ("user", user)):
+        for k, v in values.items():
+            flat[k], sources[k] = v, layer_name
+    flat["preset"], flat["run.preset-applied"] = name, True
+    if preset:
+        sources["preset"] = "user"
+    if chosen is not None:
+        if not preset:
+            sources["preset"] = "recipe"
+        # a recipe file is recorded by its absolute path: the run directory must say what it ran
+        flat["run.recipe"] = str(chosen.path) if str(recipe).endswith(".toml") else chosen.name
+        sources["run.recipe"] = "recipe"
+    return flat, sources
+
+
+def preset_run_config(name: str | None, user: Mapping[str, Any] | None = None, recipe: str | None = None) -> str:
+    """Preset ``name`` (or ``recipe`` on its preset) with the user's keys on top, as one ``--run-config``
+    key=value text for plain ``flwr run``.
+
+    One string with each key once: Flower merges several ``--run-config`` strings per top-level table (a
+    later ``model.x=...`` drops every earlier ``model.*`` key), and TOML rejects a key given twice.
+    """
+    flat, sources = layer(name, dict(user or {}), recipe)
+    keep = [k for k in flat if sources[k] != "default" or k in ("preset", "run.preset-applied")]
+    return " ".join(f"{k}={toml_value(flat[k])}" for k in keep)
