@@ -9,7 +9,7 @@ warm-up round and at the middle and last rounds, the server's total RSS and fds 
 RSS and fds, and the ratio last/warm-up: flat means ~1.00.
 
     python benchmarks/soak.py                    # 30 rounds x 6 SuperNodes (~3-5 min on 2 cores)
-    python benchmarks/soak.py --quick            # 2 rounds x 2 SuperNodes, smoke run
+    python benchmarks/soak.py --quick            # 1 round x 2 SuperNodes, smoke run (no ratio)
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     if a.quick:
-        a.nodes, a.rounds, a.warmup = 2, 2, 1
+        a.nodes, a.rounds, a.warmup = 2, 1, 0  # a smoke run of the script: one round, no ratio to read
     from benchmarks._common import tiny_model_dir
 
     with tempfile.TemporaryDirectory(prefix="flowertune-soak-") as tmp:
