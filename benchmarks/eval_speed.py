@@ -1,6 +1,6 @@
 """Items per second of each built-in benchmark with the embedded SmolLM2-135M-Instruct.
 
-    python benchmarks/eval_speed.py --quick            # 2 items of each finance benchmark (CI smoke run)
+    python benchmarks/eval_speed.py --quick            # 2 items of each medical benchmark (CI smoke run)
     python benchmarks/eval_speed.py                    # the whole medical, finance and general-nlp suites
 
 Reads the data from ``--data-dir`` (default ``$FLOWERTUNE_DATA_DIR``, else ``<repo>/../shared/data``),
@@ -67,10 +67,10 @@ def generations(out: Path, name: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 items of each finance benchmark (tests/eval/test_slow.py scores every "
-                             "suite with the embedded model)")
+                        help="smoke run: 2 items of each medical benchmark (1-token answers; tests/eval/test_slow.py "
+                             "scores every suite with the embedded model)")
     parser.add_argument("--limit", type=int, default=None, help="items per benchmark (default: 2 with --quick)")
-    parser.add_argument("--suites", default=None, help="default: medical,finance,general-nlp (finance with --quick)")
+    parser.add_argument("--suites", default=None, help="default: medical,finance,general-nlp (medical with --quick)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("FLOWERTUNE_DATA_DIR", REPO.parent / "shared" / "data")))
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-generate", action="store_true", help="also time transformers' model.generate")
     args = parser.parse_args(argv)
     limit = args.limit if args.limit is not None else (2 if args.quick else None)
-    suites = args.suites or ("finance" if args.quick else "medical,finance,general-nlp")
+    suites = args.suites or ("medical" if args.quick else "medical,finance,general-nlp")
     names = [name for suite in suites.split(",") for name in SUITES[suite.strip()]]
     cfg = ModelConfig(name="embedded", dtype=args.dtype)
     model, tokenizer = load_model(cfg), load_tokenizer(cfg)
