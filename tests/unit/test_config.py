@@ -133,3 +133,15 @@ def test_dry_run_prints_each_value_with_its_source(capsys):
     assert lines["model.lora.peft-lora-r"][1:] == ["8", "user"]
     assert lines["model.lora.peft-lora-alpha"][1:] == ["64", "preset"]
     assert lines["strategy.name"][1:] == ['"fedavg"']  # a default value carries no source mark
+
+
+def test_a_toml_override_file_is_flattened_and_a_non_scalar_value_is_refused(tmp_path):
+    from flowertune.commands.run import parse_overrides
+
+    good = tmp_path / "good.toml"
+    good.write_text('[model.lora]\npeft-lora-r = 16\n[strategy]\nname = "fedprox"\n')
+    assert parse_overrides([str(good)]) == {"model.lora.peft-lora-r": 16, "strategy.name": "fedprox"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model.lora]\ntarget-modules = ["q_proj", "v_proj"]\n')
+    with pytest.raises(ConfigError, match="model.lora.target-modules: a config value is a number, a boolean or a string"):
+        parse_overrides([str(bad)])
