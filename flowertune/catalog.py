@@ -45,3 +45,4 @@ for _name, _cls in (("fp32", "FP32"), ("fp16", "FP16"), ("delta-fp16", "DeltaFP1
 SINKS: Registry[Any] = Registry("metric sink")  # (sink class, the module it imports, how to install it)
 for _name in ("tensorboard", "mlflow", "wandb"):
     SINKS.add_lazy(_name, f"flowertune.federation.sinks:{_name.upper()}")
+del _name, _cls  # loop names, not part of the catalog
