@@ -35,10 +35,10 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from flowertune.config import Config, from_flat
 from flowertune.federation import client_runtime, client_tasks, wire_client
+from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.strategies import make_strategy
 from flowertune.train.precision import prepare_for_training
 from flowertune.train.schedule import cosine_annealing
-from flowertune.wire import from_array_record, to_array_record
 
 CLIENTS = 2
 MB = 1024**2

@@ -40,7 +40,7 @@ CODECS: Registry[Any] = Registry("wire codec")  # name -> codec class; options g
 for _name, _cls in (("fp32", "FP32"), ("fp16", "FP16"), ("delta-fp16", "DeltaFP16"), ("delta-int8", "DeltaInt8"),
                     ("delta-int4", "DeltaInt4"), ("delta-int3", "DeltaInt3"), ("delta-int2", "DeltaInt2"),
                     ("delta-topk-int8", "DeltaTopKInt8")):
-    CODECS.add_lazy(_name, f"flowertune.wire:{_cls}")
+    CODECS.add_lazy(_name, f"flowertune.wire.codecs:{_cls}")
 
 SINKS: Registry[Any] = Registry("metric sink")  # (sink class, the module it imports, how to install it)
 for _name in ("tensorboard", "mlflow", "wandb"):

@@ -1,20 +1,25 @@
-"""ClientApp: translate Flower messages to the client tasks and back."""
+"""ClientApp: translate Flower messages to the client tasks and back.
+
+Client-side concerns are Flower mods around the handlers: ``wire_mod`` decodes the server's payload to
+fp32 before a handler (or a later mod, such as Flower's ``fixedclipping_mod``) sees it and encodes the
+reply on the way out, so the handlers only ever see full fp32 adapters.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
+from collections.abc import Mapping
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flowertune.config import Config, resolve
-from flowertune.federation import wire_client, worker
+from flowertune.federation import worker
+from flowertune.federation.records import from_array_record, to_array_record
+from flowertune.federation.wire_client import wire_mod
 from flowertune.logs import setup_logging
-from flowertune.wire import from_array_record, to_array_record
 
-app = ClientApp()
+app = ClientApp(mods=[wire_mod])
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -25,14 +30,18 @@ def _partition(context: Context) -> tuple[int, int]:
     return int(nc["partition-id"]), int(nc["num-partitions"])
 
 
-def _fresh_process_per_message() -> bool:
-    """Flower's deployment runtime starts one ``flwr-clientapp`` process per message."""
-    return os.path.basename(sys.argv[0]) == "flwr-clientapp"
+def uses_worker(cfg: Config, node_config: Mapping[str, Any]) -> bool:
+    """Whether this node keeps its model in a resident worker: the SuperNode's ``--node-config client-worker=on|off``
+    if given, else ``run.client-worker`` (which ``flowertune run`` resolves: on in deployment, where Flower runs
+    each message in a fresh process, off in simulation; ``auto`` left unresolved means off)."""
+    mode = str(node_config.get("client-worker", cfg.run.client_worker))
+    if mode not in ("on", "off", "auto"):
+        raise ValueError(f"node config client-worker={mode!r}: give on or off")
+    return mode == "on"
 
 
 def _run(cfg: Config, context: Context, task: str, *args: Any) -> Any:
-    mode = cfg.run.client_worker
-    if mode == "on" or (mode == "auto" and _fresh_process_per_message()):
+    if uses_worker(cfg, context.node_config):
         return worker.call(f"node-{context.node_id}", task, *args)
     # imported here, not at the top: a deployment ClientApp process lives for one message and only forwards
     # to the resident worker, so it must not pay for torch/transformers/datasets (~7 s on 2 cores) each time
@@ -77,13 +86,11 @@ def train(msg: Message, context: Context) -> Message:
     pid, n = _partition(context)
     config = msg.content["config"]
     mu = float(config.get("proximal-mu", cfg.strategy.proximal_mu))
-    codec = wire_client.codec_of(msg)
-    store = wire_client.store_for(msg, codec, pid)
-    global_arrays = wire_client.receive(msg, context, codec, store)
+    global_arrays = from_array_record(msg.content["arrays"])  # fp32: wire_mod decoded it
     server_round = int(config["server-round"])
     arrays, metrics = _run(cfg, context, "train", cfg, pid, n, global_arrays, float(config["lr"]), server_round, mu)
-    payload = wire_client.send(codec, arrays, global_arrays, context, store, server_round)
-    return Message(content=RecordDict({"arrays": payload, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    content = RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()

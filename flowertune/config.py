@@ -126,8 +126,9 @@ class RunConfig:
                           "delta-int3 | delta-int2 | delta-topk-int8")
     wire_topk_fraction: float = key("wire.topk-fraction", 0.1, "share of entries delta-topk-int8 sends per tensor")
     client_worker: str = key("run.client-worker", "auto",
-                             "keep the model in a resident per-node worker: auto (when Flower runs each message "
-                             "in a fresh process, i.e. deployment) | on | off")
+                             "keep the model in a resident per-node worker: on | off | auto (flowertune run "
+                             "decides: on in deployment, off in simulation); a SuperNode's --node-config "
+                             "client-worker=on|off overrides it")
     preset_applied: bool = key("run.preset-applied", False,
                                "the values already include the preset (set by `flowertune run`; no re-layering)")
     recipe: str = key("run.recipe", "",

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flowertune.config import Config, ConfigError, pyproject_section, toml_value
+from flowertune.config import Config, ConfigError, from_flat, pyproject_section, toml_value
 from flowertune.federation.rundir import LOG, STOPPED, SUMMARY, default_run_path
 from flowertune.home import flowertune_home
 
@@ -106,7 +106,6 @@ def resolve_cli(preset: str | None, overrides: dict[str, Any], out: str | None,
     ``run.recipe`` key) names a recipe, which brings its preset unless ``preset`` (or a ``preset`` key) is
     given. ``sources``, when given, is filled with where each key's value came from.
     """
-    from flowertune.config import from_flat
     from flowertune.layering import layer
 
     flat, origin = layer(preset, overrides, recipe)
@@ -122,7 +121,6 @@ def resolve_cli(preset: str | None, overrides: dict[str, Any], out: str | None,
 
 def resolve_resume(run_dir: str, overrides: dict[str, Any], force: bool) -> Config:
     """The config of a resumed run: the run's own ``config.json`` with the user's overrides on top."""
-    from flowertune.config import from_flat
     from flowertune.federation.rundir import CONFIG, read_config
 
     path = Path(run_dir).absolute()
@@ -231,6 +229,9 @@ def handle(args: argparse.Namespace) -> int:
             cfg = resolve_cli(args.preset, overrides, args.out, sources, args.recipe)
         if quiet:
             sources["run.progress-every-s"] = quiet
+        if cfg.run.client_worker == "auto":  # decided here, where the runtime is known: see client_app.uses_worker
+            cfg = from_flat({**cfg.to_flat(), "run.client-worker": "on" if args.superlink else "off"})
+            sources["run.client-worker"] = f"flowertune run ({'deployment' if args.superlink else 'simulation'})"
         if args.root_certificates and not (args.superlink and Path(args.root_certificates).is_file()):
             raise ConfigError(f"--root-certificates {args.root_certificates}: needs --superlink and an existing CA "
                               "certificate file (make one with `flowertune certs DIR`)")

@@ -15,6 +15,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from flowertune.eval.leaderboard import MB
+from flowertune.federation.records import message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ class RoundTicker:
         now = time.monotonic()
         new = len(replies) > self._done
         if new:
-            from flowertune.federation.strategies import message_bytes
-
             for m in replies[self._done:]:
                 client_line(m)
                 self.bytes_so_far += message_bytes([m])

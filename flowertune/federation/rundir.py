@@ -46,11 +46,10 @@ KEEP_STATES = 2
 # keys that do not change what a run computes up to its last round, or that the user may change mid-run with
 # --force (more rounds: the cosine schedule is recomputed over the new length from the next round on)
 RESUME_SAFE = frozenset({"num-server-rounds", "strategy.round-timeout", "strategy.node-wait-timeout",
-                         "strategy.round-retries", "train.save-every-round", "train.eval-every-round",
-                         "run.client-worker"})
+                         "strategy.round-retries", "train.save-every-round", "train.eval-every-round"})
 # keys that say how the run was started, not what it computes
 RESUME_IGNORED = frozenset({"run.resume", "run.resume-force", "run.preset-applied", "run.output-dir",
-                            "run.progress-every-s", "run.metric-sinks"})
+                            "run.progress-every-s", "run.metric-sinks", "run.client-worker"})
 
 
 def default_run_path(cfg: Config) -> Path:

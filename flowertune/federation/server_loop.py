@@ -20,12 +20,15 @@ from flwr.serverapp import Grid
 from flowertune.config import Config
 from flowertune.eval.leaderboard import MB
 from flowertune.federation.progress import RoundTicker, send_and_receive
+from flowertune.federation.records import message_bytes, to_array_record
 from flowertune.federation.rundir import RunDir, read_metrics
 from flowertune.federation.sinks import Sinks
+from flowertune.federation.stack.gate import error_line
+from flowertune.federation.stack.sampling import NodeWaitTimeout
 from flowertune.federation.state import split_prefixed
-from flowertune.federation.strategies import NodeWaitTimeout, error_line, make_strategy, message_bytes
+from flowertune.federation.strategies import aggregator, describe, export_state, import_state, make_strategy
 from flowertune.train.schedule import cosine_annealing
-from flowertune.wire import NodeCopy, to_array_record
+from flowertune.wire import options_from
 
 log = logging.getLogger(__name__)
 
@@ -152,55 +155,41 @@ class Progress:
     wall_s: float = 0.0
     run_key: str = ""
 
-    def to_state(self, strategy: Any, directory: NodeDirectory,
-                 unclaimed: dict[int, NodeCopy]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The state file's header and arrays; ``unclaimed``: restored mirror copies of partitions not back yet."""
-        kinds, strategy_arrays = strategy.export_state()
+    def to_state(self, strategy: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The state file's header and arrays: the loop's progress and each layer's state under its name."""
+        layer_meta, layer_arrays = export_state(strategy)
         arrays = {f"global/{k}": v for k, v in _as_numpy(self.arrays).items()}
-        arrays.update({f"strategy/{k}": v for k, v in strategy_arrays.items()})
-        mirror = {}
-        by_partition = {**unclaimed, **{directory.partition[n]: c for n, c in strategy.downlink.copies.items()}}
-        for p, copy in sorted(by_partition.items()):  # keyed by partition: node ids change on restart
-            mirror[str(p)] = {"version": copy.version, "keys": list(copy.arrays)}
-            arrays.update({f"downlink/{p}/{k}": v for k, v in copy.arrays.items()})
+        arrays.update(layer_arrays)
         meta = {
             "round": self.round, "adapter_config": self.adapter_config, "global_keys": list(self.arrays.keys()),
             "cumulative": self.cumulative, "warned": self.warned, "first_eval": self.first_eval,
-            "last_eval": self.last_eval, "wall_s": self.wall_s, "strategy": kinds,
-            "downlink": mirror, "strategy_name": type(strategy).__name__, "codec": strategy.codec.name,
+            "last_eval": self.last_eval, "wall_s": self.wall_s, **layer_meta,
+            "strategy_name": type(aggregator(strategy)).__name__, "codec": _codec_name(strategy),
+            "stack": describe(strategy),
         }
         return meta, arrays
 
     @classmethod
-    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], strategy: Any,
-                   run_key: str) -> tuple[Progress, dict[int, NodeCopy]]:
-        """The progress, with the strategy state restored into ``strategy``; and the downlink mirror by partition."""
-        if meta["strategy_name"] != type(strategy).__name__ or meta["codec"] != strategy.codec.name:
-            raise RunStopped(f"the saved state is of {meta['strategy_name']}/{meta['codec']}, the config asks for "
-                             f"{type(strategy).__name__}/{strategy.codec.name}")
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], strategy: Any, run_key: str) -> Progress:
+        """The progress, with every layer's saved state restored into ``strategy``."""
+        saved = str(meta["strategy_name"]).removesuffix("FT")  # files before the stack named FedAvgFT...
+        name, codec = type(aggregator(strategy)).__name__, _codec_name(strategy)
+        if saved != name or meta["codec"] != codec:
+            raise RunStopped(f"the saved state is of {saved}/{meta['codec']}, the config asks for {name}/{codec}")
         glob = split_prefixed(arrays, "global")
-        strategy.import_state(meta["strategy"], split_prefixed(arrays, "strategy"))
-        mirror = {}
-        for p, spec in meta["downlink"].items():
-            part = split_prefixed(arrays, f"downlink/{p}")
-            mirror[int(p)] = NodeCopy(int(spec["version"]), {k: part[k] for k in spec["keys"]})
-        progress = cls(round=int(meta["round"]), arrays=to_array_record({k: glob[k] for k in meta["global_keys"]}),
-                       adapter_config=meta["adapter_config"], cumulative=int(meta["cumulative"]),
-                       warned=bool(meta["warned"]), first_eval=meta["first_eval"], last_eval=meta["last_eval"],
-                       wall_s=float(meta["wall_s"]), run_key=run_key)  # (a "stalled" key of older files: unused)
-        return progress, mirror
+        import_state(strategy, meta, arrays)
+        return cls(round=int(meta["round"]), arrays=to_array_record({k: glob[k] for k in meta["global_keys"]}),
+                   adapter_config=meta["adapter_config"], cumulative=int(meta["cumulative"]),
+                   warned=bool(meta["warned"]), first_eval=meta["first_eval"], last_eval=meta["last_eval"],
+                   wall_s=float(meta["wall_s"]), run_key=run_key)  # (a "stalled" key of older files: unused)
 
 
-def _restore_mirror(strategy: Any, directory: NodeDirectory, pending: dict[int, NodeCopy]) -> None:
-    """Give each node of a resumed run the downlink copy the server mirrored for its partition."""
-    for node, p in directory.partition.items():
-        if p in pending and node not in strategy.downlink.copies:
-            strategy.downlink.copies[node] = pending.pop(p)
+def _codec_name(strategy: Any) -> str:
+    return strategy.strategy.codec.name  # the layer under the meter: the wire codec
 
 
 def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float, cfg: Config,
-                directory: NodeDirectory, mirror: dict[int, NodeCopy] | None = None,
-                past_round_s: list[float] | None = None,
+                directory: NodeDirectory, past_round_s: list[float] | None = None,
                 ) -> tuple[ArrayRecord | None, Any, list[Message], list[Message], list[str]]:
     """One training round, resampled up to ``strategy.round-retries`` times while fewer than
     ``strategy.min-train-nodes`` usable updates come back; :class:`RunStopped` when none of the tries has them.
@@ -209,8 +198,7 @@ def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float
     errors: list[str] = []
     for attempt in range(cfg.strategy.round_retries + 1):
         directory.wait(grid, max(cfg.strategy.min_available_nodes, need), cfg.strategy.node_wait_timeout)
-        _restore_mirror(strategy, directory, mirror or {})  # nodes of a resumed run that checked in just now
-        strategy.attempt = attempt
+        strategy.ctx.attempt = attempt
         config = ConfigRecord({"lr": lr, "run-key": progress.run_key})
         msgs = list(strategy.configure_train(r, progress.arrays, config, grid))
         ticker = RoundTicker(r, cfg.run.num_server_rounds, cfg.run.progress_every_s, list(past_round_s or []),
@@ -225,7 +213,7 @@ def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float
             return new_arrays, metrics, msgs, replies, errors
         log.warning("round %d (try %d of %d): %d usable updates, strategy.min-train-nodes=%d: %s", r, attempt + 1,
                     cfg.strategy.round_retries + 1, traffic.accepted, need, "; ".join(errors[-3:]) or "-")
-    strategy.attempt = 0
+    strategy.ctx.attempt = 0
     raise RunStopped(
         f"round {r}: fewer than strategy.min-train-nodes={need} usable client updates in "
         f"{cfg.strategy.round_retries + 1} tries ({'; '.join(dict.fromkeys(errors))[:800] or 'no replies'}). "
@@ -258,83 +246,135 @@ def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
         sinks.close()
 
 
-def _rounds(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks) -> dict[str, Any]:
-    t_start = time.perf_counter()
-    options = {"fraction": cfg.run.wire_topk_fraction} if cfg.run.wire_codec == "delta-topk-int8" else {}
-    strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, **options)
-    directory = NodeDirectory(timeout=cfg.strategy.round_timeout)
-    strategy.node_order = directory.order
-    strategy.node_wait_s = cfg.strategy.node_wait_timeout
-    rounds = cfg.run.num_server_rounds
-    eval_every = cfg.train.eval_every_round
-    mirror: dict[int, NodeCopy] = {}
+def build_stack(cfg: Config, directory: NodeDirectory) -> Any:
+    """The strategy stack of the config, told the node order and the sampling deadline; logged."""
+    strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, **options_from(cfg.run.wire_codec, cfg.run))
+    strategy.ctx.order = directory.order
+    strategy.ctx.partition_of = directory.partition.get
+    strategy.ctx.node_wait_s = cfg.strategy.node_wait_timeout
+    log.info("strategy stack: %s", describe(strategy))
+    return strategy
+
+
+def start(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks, strategy: Any, directory: NodeDirectory,
+          t_start: float) -> Progress:
+    """Round 0: check in, the initial adapter from a client, the first evaluation, the first state file."""
+    nodes = directory.wait(grid, max(cfg.strategy.min_available_nodes, 1), cfg.strategy.node_wait_timeout)
+    arrays, adapter_config, init_bytes = initial_adapter(grid, nodes[0], cfg)
+    progress = Progress(round=0, arrays=arrays, adapter_config=adapter_config, run_key=run_dir.run_key())
+    first_eval = evaluate_round(strategy, grid, 0, arrays, cfg) if cfg.train.eval_every_round > 0 else None
+    progress.first_eval = progress.last_eval = first_eval
+    progress.wall_s = time.perf_counter() - t_start
+    row0 = {"round": 0, "eval_loss": first_eval, "bytes_init": init_bytes, "wall_s": progress.wall_s,
+            "errors": directory.take_errors()}
+    run_dir.log(row0)
+    sinks.log(row0)
+    run_dir.save_state(0, *progress.to_state(strategy))
+    log.info("round 0: eval_loss %s", first_eval)
+    return progress
+
+
+def resume(cfg: Config, run_dir: RunDir, strategy: Any) -> Progress | None:
+    """The progress of the saved run with every layer's state restored, or None to start afresh."""
     saved = run_dir.load_state() if cfg.run.resume else None
-    if saved is not None:
-        progress, mirror = Progress.from_state(*saved, strategy, run_dir.run_key())
-        t_start -= progress.wall_s
-        run_dir.truncate_metrics(progress.round)
-        log.info("resuming %s after round %d of %d", run_dir.path, progress.round, rounds)
-    else:
-        nodes = directory.wait(grid, max(cfg.strategy.min_available_nodes, 1), cfg.strategy.node_wait_timeout)
-        arrays, adapter_config, init_bytes = initial_adapter(grid, nodes[0], cfg)
-        progress = Progress(round=0, arrays=arrays, adapter_config=adapter_config, run_key=run_dir.run_key())
-        first_eval = evaluate_round(strategy, grid, 0, arrays, cfg) if eval_every > 0 else None
-        progress.first_eval = progress.last_eval = first_eval
-        progress.wall_s = time.perf_counter() - t_start
-        row0 = {"round": 0, "eval_loss": first_eval, "bytes_init": init_bytes, "wall_s": progress.wall_s,
-                "errors": directory.take_errors()}
-        run_dir.log(row0)
-        sinks.log(row0)
-        run_dir.save_state(0, *progress.to_state(strategy, directory, mirror))
-        log.info("round 0: eval_loss %s", first_eval)
-    past_round_s = [float(row["round_s"]) for row in read_metrics(run_dir.path) if row.get("round_s")]  # for the ETA
-    n_params = int(sum(a.numpy().size for a in progress.arrays.values()))
-    log.info("run directory %s; adapter: %d arrays, %d parameters, %.2f MB fp32", run_dir.path,
-             len(progress.arrays), n_params, progress.arrays.count_bytes() / MB)
-    for r in range(progress.round + 1, rounds + 1):
-        t0 = time.perf_counter()
-        lr = cosine_annealing(r, rounds, cfg.train.learning_rate_max, cfg.train.learning_rate_min)
-        new_arrays, train_metrics, msgs, replies, errors = train_round(strategy, grid, r, progress, lr, cfg, directory,
-                                                                       mirror, past_round_s)
-        progress.arrays = new_arrays
-        traffic = strategy.traffic
-        if not progress.warned and progress.cumulative > BUDGET_MB * MB:
-            progress.warned = True
-            log.warning("communication cost %.0f MB exceeds the leaderboard budget of %d MB",
-                        progress.cumulative / MB, BUDGET_MB)
-        due_eval = eval_every > 0 and (r % eval_every == 0 or r == rounds)
-        eval_loss = evaluate_round(strategy, grid, r, progress.arrays, cfg) if due_eval else None
-        progress.last_eval = eval_loss if eval_loss is not None else progress.last_eval
-        if r % cfg.train.save_every_round == 0 and r != rounds:
-            run_dir.checkpoint(r, _as_numpy(progress.arrays), progress.adapter_config)
-        tm = dict(train_metrics or {})
-        progress.round = r
-        progress.wall_s = time.perf_counter() - t_start
-        row = {
-            "round": r, "lr": lr, "train_loss": tm.get("train_loss"), "eval_loss": eval_loss,
-            "clients": len(msgs), "replies": len(replies), "rejected": traffic.rejected,
-            "failures": sum(1 for m in replies if m.has_error()) + len(msgs) - len(replies),
-            "errors": [*directory.take_errors(), *errors], "tries": strategy.attempt + 1,
-            "bytes_down": traffic.down, "bytes_up": traffic.up, "bytes_round": traffic.down + traffic.up,
-            "bytes_cumulative": progress.cumulative, "bytes_eval_down": traffic.eval_down,
-            "client_tokens_per_s": tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
-            **client_memory(replies),
-            "round_s": time.perf_counter() - t0, "wall_s": progress.wall_s,
-        }
-        strategy.attempt = 0
-        past_round_s.append(row["round_s"])
-        run_dir.log(row)
-        sinks.log(row)
-        run_dir.save_state(r, *progress.to_state(strategy, directory, mirror))
-        log.info("round %d/%d: train_loss %.4f eval_loss %s | %.2f MB this round, %.2f MB total | %.1f s",
-                 r, rounds, row["train_loss"] or float("nan"), eval_loss, row["bytes_round"] / MB,
-                 progress.cumulative / MB, row["round_s"])
+    if saved is None:
+        return None
+    progress = Progress.from_state(*saved, strategy, run_dir.run_key())
+    run_dir.truncate_metrics(progress.round)
+    log.info("resuming %s after round %d of %d", run_dir.path, progress.round, cfg.run.num_server_rounds)
+    return progress
+
+
+@dataclass
+class RoundOutcome:
+    """What one finished round hands to its metrics row."""
+
+    r: int
+    lr: float
+    train_metrics: dict[str, Any]
+    eval_loss: float | None
+    msgs: list[Message]
+    replies: list[Message]
+    errors: list[str]
+    t0: float
+
+
+def one_round(strategy: Any, grid: Grid, r: int, progress: Progress, cfg: Config, directory: NodeDirectory,
+              run_dir: RunDir, past_round_s: list[float]) -> RoundOutcome:
+    """Train (with retries), warn once past the communication budget, evaluate when due, checkpoint when due."""
+    t0, rounds = time.perf_counter(), cfg.run.num_server_rounds
+    lr = cosine_annealing(r, rounds, cfg.train.learning_rate_max, cfg.train.learning_rate_min)
+    new_arrays, train_metrics, msgs, replies, errors = train_round(strategy, grid, r, progress, lr, cfg, directory,
+                                                                   past_round_s)
+    progress.arrays = new_arrays
+    if not progress.warned and progress.cumulative > BUDGET_MB * MB:
+        progress.warned = True
+        log.warning("communication cost %.0f MB exceeds the leaderboard budget of %d MB",
+                    progress.cumulative / MB, BUDGET_MB)
+    every = cfg.train.eval_every_round
+    due_eval = every > 0 and (r % every == 0 or r == rounds)
+    eval_loss = evaluate_round(strategy, grid, r, progress.arrays, cfg) if due_eval else None
+    progress.last_eval = eval_loss if eval_loss is not None else progress.last_eval
+    if r % cfg.train.save_every_round == 0 and r != rounds:
+        run_dir.checkpoint(r, _as_numpy(progress.arrays), progress.adapter_config)
+    return RoundOutcome(r, lr, dict(train_metrics or {}), eval_loss, msgs, replies, errors, t0)
+
+
+def metrics_row(out: RoundOutcome, strategy: Any, progress: Progress, directory: NodeDirectory) -> dict[str, Any]:
+    """The round's row of ``metrics.jsonl`` (and of every metric sink)."""
+    traffic, tm, msgs, replies = strategy.traffic, out.train_metrics, out.msgs, out.replies
+    return {
+        "round": out.r, "lr": out.lr, "train_loss": tm.get("train_loss"), "eval_loss": out.eval_loss,
+        "clients": len(msgs), "replies": len(replies), "rejected": traffic.rejected,
+        "failures": sum(1 for m in replies if m.has_error()) + len(msgs) - len(replies),
+        "errors": [*directory.take_errors(), *out.errors], "tries": strategy.ctx.attempt + 1,
+        "bytes_down": traffic.down, "bytes_up": traffic.up, "bytes_round": traffic.down + traffic.up,
+        "bytes_cumulative": progress.cumulative, "bytes_eval_down": traffic.eval_down,
+        "client_tokens_per_s": tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
+        **client_memory(replies),
+        "round_s": time.perf_counter() - out.t0, "wall_s": progress.wall_s,
+    }
+
+
+def finish(progress: Progress, cfg: Config, run_dir: RunDir, n_params: int, t_start: float) -> dict[str, Any]:
+    """The final adapter and the run's summary."""
     summary = {
-        "rounds": rounds, "eval_loss_first": progress.first_eval, "eval_loss_last": progress.last_eval,
-        "bytes_cumulative": progress.cumulative, "comm_cost_mb": progress.cumulative / MB,
-        "adapter_parameters": n_params, "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir.path),
+        "rounds": cfg.run.num_server_rounds, "eval_loss_first": progress.first_eval,
+        "eval_loss_last": progress.last_eval, "bytes_cumulative": progress.cumulative,
+        "comm_cost_mb": progress.cumulative / MB, "adapter_parameters": n_params,
+        "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir.path),
     }
     final = run_dir.finish(_as_numpy(progress.arrays), progress.adapter_config, summary)
     log.info("done: eval loss %s -> %s, communication %.2f MB, %.0f s; final adapter %s",
              progress.first_eval, progress.last_eval, progress.cumulative / MB, summary["wall_s"], final)
     return summary
+
+
+def _rounds(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    directory = NodeDirectory(timeout=cfg.strategy.round_timeout)
+    strategy = build_stack(cfg, directory)
+    progress = resume(cfg, run_dir, strategy)
+    if progress is not None:
+        t_start -= progress.wall_s  # the wall clock goes on from the saved run's
+    else:
+        progress = start(grid, cfg, run_dir, sinks, strategy, directory, t_start)
+    past_round_s = [float(row["round_s"]) for row in read_metrics(run_dir.path) if row.get("round_s")]  # for the ETA
+    n_params = int(sum(a.numpy().size for a in progress.arrays.values()))
+    log.info("run directory %s; adapter: %d arrays, %d parameters, %.2f MB fp32", run_dir.path,
+             len(progress.arrays), n_params, progress.arrays.count_bytes() / MB)
+    rounds = cfg.run.num_server_rounds
+    for r in range(progress.round + 1, rounds + 1):
+        out = one_round(strategy, grid, r, progress, cfg, directory, run_dir, past_round_s)
+        progress.round = r
+        progress.wall_s = time.perf_counter() - t_start
+        row = metrics_row(out, strategy, progress, directory)
+        strategy.ctx.attempt = 0
+        past_round_s.append(row["round_s"])
+        run_dir.log(row)
+        sinks.log(row)
+        run_dir.save_state(r, *progress.to_state(strategy))
+        log.info("round %d/%d: train_loss %.4f eval_loss %s | %.2f MB this round, %.2f MB total | %.1f s",
+                 r, rounds, row["train_loss"] or float("nan"), out.eval_loss, row["bytes_round"] / MB,
+                 progress.cumulative / MB, row["round_s"])
+    return finish(progress, cfg, run_dir, n_params, t_start)

@@ -1,4 +1,4 @@
-"""The client's half of the wire codec: decode the broadcast, encode the update, keep the state.
+"""The client's half of the wire codec, as a Flower mod: decode the broadcast, encode the update, keep the state.
 
 What a node keeps between rounds lives in Flower's ``context.state`` (per node, in simulation and
 deployment): the broadcast it decoded last (the reference of delta broadcasts) and the codec's
@@ -12,21 +12,21 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
 
+from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.state import StateError, load_state, prune, round_files, save_state, split_prefixed
 from flowertune.home import flowertune_home
-from flowertune.wire import Codec, decode_broadcast, from_array_record, get_codec, to_array_record
+from flowertune.wire import Codec, WireHeader, decode_broadcast
 
 HELD, META, RESIDUAL = "wire-held", "wire-meta", "wire-residual"
 Arrays = dict[str, np.ndarray]
 
 
 def codec_of(msg: Message) -> Codec:
-    """The codec the server used for this message (``fp32`` when it says none)."""
-    config = msg.content["config"]
-    name = str(config.get("wire-codec", "fp32"))
-    return get_codec(name, fraction=float(config["wire-topk-fraction"])) if name == "delta-topk-int8" else get_codec(name)
+    """The codec the server used for this message, with its options (``fp32`` when it says none)."""
+    return WireHeader.from_config(msg.content["config"]).build_codec()
 
 
 class WireStore:
@@ -71,13 +71,12 @@ def receive(msg: Message, context: Context, codec: Codec, store: WireStore | Non
     config = msg.content["config"]
     if store is not None and HELD not in context.state.array_records:
         store.restore(int(config["server-round"]), context)
-    base = int(config.get("wire-base", -1))
+    header = WireHeader.from_config(config)
     held = from_array_record(context.state.array_records[HELD]) if HELD in context.state.array_records else None
     held_version = int(context.state.config_records[META]["version"]) if META in context.state.config_records else None
-    arrays = decode_broadcast(codec, from_array_record(msg.content["arrays"]), None if base < 0 else base,
-                              held_version, held)
+    arrays = decode_broadcast(codec, from_array_record(msg.content["arrays"]), header.base, held_version, held)
     context.state[HELD] = to_array_record(arrays)
-    context.state[META] = ConfigRecord({"version": int(config.get("wire-version", 0))})
+    context.state[META] = ConfigRecord({"version": header.version})
     return arrays
 
 
@@ -98,3 +97,23 @@ def store_for(msg: Message, codec: Codec, partition_id: int) -> WireStore | None
     """The node's on-disk wire state for this run, for delta codecs (what a resume needs), else None."""
     run_key = str(msg.content["config"].get("run-key", ""))
     return WireStore(run_key, partition_id) if codec.is_delta and run_key else None
+
+
+def wire_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod: a train message's payload decoded to fp32 before the handler (and any later mod, such as
+    Flower's ``fixedclipping_mod``) sees it; the reply's fp32 adapter encoded against it on the way out."""
+    if (msg.metadata.message_type != MessageType.TRAIN or not msg.has_content()
+            or "arrays" not in msg.content.array_records):
+        return call_next(msg, context)
+    codec = codec_of(msg)
+    pid = context.node_config.get("partition-id")
+    store = store_for(msg, codec, int(pid)) if pid is not None else None
+    global_arrays = receive(msg, context, codec, store)
+    msg.content["arrays"] = to_array_record(global_arrays)
+    reply = call_next(msg, context)
+    if reply.has_error() or "arrays" not in reply.content.array_records:
+        return reply
+    trained = from_array_record(reply.content["arrays"])
+    server_round = int(msg.content["config"]["server-round"])
+    reply.content["arrays"] = send(codec, trained, global_arrays, context, store, server_round)
+    return reply

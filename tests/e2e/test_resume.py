@@ -92,7 +92,7 @@ def test_compressed_wire_through_the_real_runtime(runs):
     """``delta-int3`` on both links of run A, against the fp32 size of one adapter copy."""
     from safetensors.numpy import load_file
 
-    from flowertune.wire import to_array_record
+    from flowertune.federation.records import to_array_record
 
     a, _, _, _ = runs
     per_copy = to_array_record(load_file(a / "final_adapter" / "adapter_model.safetensors")).count_bytes()

@@ -175,7 +175,7 @@ def test_run_directory_is_complete_and_self_describing(sweep) -> None:
 def test_byte_counts_are_two_adapter_copies_per_client(sweep) -> None:
     from safetensors.numpy import load_file
 
-    from flowertune.wire import to_array_record
+    from flowertune.federation.records import to_array_record
 
     run = sweep[0] / "r4"
     per_copy = to_array_record(load_file(run / "final_adapter/adapter_model.safetensors")).count_bytes()

@@ -75,3 +75,10 @@ def test_keys_and_a_dry_run_import_neither_flower_nor_torch(argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True,
                          timeout=120).stdout.split()
     assert out[0] in ("0", "None") and " ".join(out[1:]) == "[]", out
+
+
+def test_the_wire_package_is_numpy_only():
+    code = "import sys, flowertune.wire\nprint(sorted(m for m in ('flwr', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True,
+                         timeout=60).stdout.strip()
+    assert out == "[]"

@@ -8,11 +8,12 @@ from flwr.app import ConfigRecord
 from flwr.supercore.task_identity import TaskIdentity
 
 from flowertune.config import Config, ConfigError, StrategyConfig
+from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.rundir import RunDir, check_resumable, newest_state, resume_differences
 from flowertune.federation.server_loop import NodeDirectory
+from flowertune.federation.stack.gate import in_node_order
 from flowertune.federation.state import StateError, load_state, save_state
-from flowertune.federation.strategies import make_strategy
-from flowertune.wire import from_array_record, to_array_record
+from flowertune.federation.strategies import export_state, import_state, make_strategy
 from tests.unit.test_strategies import FakeGrid, arrays, reply
 
 
@@ -67,10 +68,10 @@ def test_server_optimizer_state_survives_export_and_import(name):
     for r in (1, 2):
         one_round(a, r, float(r))
         one_round(b, r, float(r))
-    kinds, state = b.export_state()
-    assert kinds, "the server optimizer keeps arrays between rounds"
+    kinds, state = export_state(b)
+    assert kinds["strategy"], "the server optimizer keeps arrays between rounds"
     fresh = make_strategy(cfg)
-    fresh.import_state(json.loads(json.dumps(kinds)), state)
+    import_state(fresh, json.loads(json.dumps(kinds)), state)
     out_a, out_b = one_round(a, 3, 3.0), one_round(fresh, 3, 3.0)
     for k, v in from_array_record(out_a).items():
         assert np.array_equal(v, from_array_record(out_b)[k])
@@ -85,7 +86,7 @@ def test_sampling_follows_partitions_not_random_node_ids():
     for node_ids in ([900, 17, 4242, 55], [3, 81, 7, 1000]):
         directory = NodeDirectory(timeout=1.0, partition=dict(zip(node_ids, (2, 0, 3, 1))))
         s = make_strategy(StrategyConfig(fraction_train=0.5, seed=7))
-        s.node_order = directory.order
+        s.ctx.order = directory.order
         msgs = s.configure_train(1, to_array_record(arrays(0.0)), ConfigRecord({"lr": 0.1}), FakeGrid(node_ids))
         picked.append(sorted(directory.partition[m.metadata.dst_node_id] for m in msgs))
     assert picked[0] == picked[1]
@@ -94,10 +95,10 @@ def test_sampling_follows_partitions_not_random_node_ids():
 def test_replies_are_aggregated_in_partition_order_whatever_the_arrival_order():
     s = make_strategy(StrategyConfig(fraction_train=1.0, min_train_nodes=1))
     directory = NodeDirectory(timeout=1.0, partition={5: 1, 9: 0, 2: 2})
-    s.node_order = directory.order
+    s.ctx.order = directory.order
     msgs = list(s.configure_train(1, to_array_record(arrays(0.0)), ConfigRecord({"lr": 0.1}), FakeGrid([5, 9, 2])))
     replies = [reply(m, arrays(0.1 * (i + 1)), 3) for i, m in enumerate(msgs)]
-    order = [directory.partition[m.metadata.src_node_id] for m in s.in_node_order(replies[::-1])]
+    order = [directory.partition[m.metadata.src_node_id] for m in in_node_order(replies[::-1], s.ctx.order)]
     assert order == [0, 1, 2]
 
 

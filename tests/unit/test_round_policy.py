@@ -8,9 +8,9 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from flowertune.config import Config, from_flat
+from flowertune.federation.records import to_array_record
 from flowertune.federation.server_loop import NodeDirectory, Progress, RunStopped, train_round
 from flowertune.federation.strategies import make_strategy
-from flowertune.wire import to_array_record
 from tests.unit.test_strategies import arrays
 
 
@@ -72,7 +72,7 @@ def setup(n, min_train, retries=1, **grid):
                      "strategy.node-wait-timeout": 1.0, "strategy.round-timeout": 1.5})
     strategy = make_strategy(cfg.strategy)
     directory = NodeDirectory(timeout=1.0)
-    strategy.node_order = directory.order
+    strategy.ctx.order = directory.order
     progress = Progress(round=0, arrays=to_array_record(arrays(0.0)), adapter_config={})
     return cfg, strategy, directory, progress, ScriptedGrid(n, **grid)
 

@@ -7,8 +7,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from flowertune.catalog import STRATEGIES
 from flowertune.config import StrategyConfig
+from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.strategies import make_strategy
-from flowertune.wire import from_array_record, to_array_record
 
 SHAPES = {"a.lora_A.weight": (2, 3), "a.lora_B.weight": (3, 2)}
 

@@ -25,8 +25,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from flowertune.config import StrategyConfig
 from flowertune.federation import wire_client
+from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.strategies import make_strategy
-from flowertune.wire import from_array_record, to_array_record
 
 GOLDEN = Path(__file__).parent / "golden" / "strategy_parity.json"
 STRATEGIES = ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"]

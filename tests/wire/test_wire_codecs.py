@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord
 
-from flowertune.wire import CODECS, DEFAULT_CODEC, SEP, from_array_record, get_codec, payload_bytes, to_array_record
+from flowertune.federation.records import from_array_record, to_array_record
+from flowertune.wire import CODECS, DEFAULT_CODEC, SEP, get_codec, payload_bytes
 
 Q = "base_model.model.model.layers.0.self_attn.q_proj"
 V = "base_model.model.model.layers.0.self_attn.v_proj"
@@ -283,3 +284,24 @@ def test_error_feedback_tracks_the_sum_of_updates(name, options):
         np.testing.assert_allclose(gap, residual.get(k, 0), atol=1e-5)
         assert np.linalg.norm(gap) <= 0.1 * np.linalg.norm(true[k])
     assert max(peaks[200:]) <= 1.5 * max(peaks[50:150])  # bounded: no drift after the warm-up
+
+
+@pytest.mark.parametrize(("name", "options"), [("fp32", {}), ("delta-int3", {}), ("delta-topk-int8", {"fraction": 0.05})])
+def test_the_header_carries_the_codec_and_its_own_options(name, options):
+    from flowertune.wire import WireHeader, options_from
+
+    codec = get_codec(name, **options)
+    header = WireHeader.of(codec, version=4, base=3)
+    back = WireHeader.from_config(dict(header.to_config()))
+    assert back == header and back.build_codec().options() == options and back.build_codec().name == name
+    assert WireHeader.from_config({**header.to_config(), "wire-base": -1}).base is None  # a full payload
+    # a codec declares which config field sets each of its options
+    settings = type("RunSettings", (), {"wire_topk_fraction": 0.3})()
+    assert options_from(name, settings) == ({"fraction": 0.3} if options else {})
+
+
+def test_a_header_with_an_option_its_codec_does_not_take_is_refused():
+    from flowertune.wire import WireHeader
+
+    with pytest.raises(ValueError, match="does not take options"):
+        WireHeader.from_config({"wire-codec": "delta-int8", "wire-option-fraction": 0.1}).build_codec()

@@ -1,7 +1,7 @@
 """Wire formats for adapter updates: adapter arrays <-> the numpy arrays put into a Flower ``ArrayRecord``.
 
-A codec turns ``{tensor key: fp32 array}`` into a *payload* (``{payload key: array}``, stored with
-:func:`to_array_record`) and back::
+A codec turns ``{tensor key: fp32 array}`` into a *payload* (``{payload key: array}``, which the federation
+puts into an ``ArrayRecord``) and back::
 
     codec = get_codec("delta-topk-int8", fraction=0.1)
     payload, residual = codec.encode(arrays, reference, residual)   # residual: kept by the encoder
@@ -34,31 +34,19 @@ Rules shared by every codec:
   decode (server: a NaN/inf update is never aggregated). So is a value that does not fit fp16.
 * Scales are fp32 because LoRA updates (~1e-6..1e-3) divided by 127 underflow fp16.
 
-Where the references come from (see :class:`Downlink`):
-
-* The server keeps the global adapter ``G`` in fp32 and aggregates in fp32. For delta codecs it also
-  mirrors, per node, the adapter that node holds (the last downlink it decoded and answered).
-* Downlink, round ``t``: a node with a known copy ``C`` gets ``encode(G, C)``, a delta from its own copy
-  (however many rounds old); a node without one (first contact, lost or rejected reply) gets the full
-  arrays: fp32 with the lossless ``fp32`` codec, fp16 with every lossy one. Sampled clients may start from slightly different lossy copies of
-  ``G``; each copy's error is part of that node's next delta.
-* Uplink: the client encodes its trained adapter against the copy it decoded, with its residual; the
-  server decodes every reply against its exact ``G`` (the client's *update* is applied to ``G``), so the
-  downlink's quantization error never enters the global model.
-
 Count bytes with :func:`payload_bytes`, which equals ``ArrayRecord.count_bytes()`` of the payload.
 """
 
 from __future__ import annotations
 
+import io
 import math
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
 
 from flowertune.catalog import CODECS
+from flowertune.wire.bits import pack_bits, unpack_bits
 
 Arrays = dict[str, np.ndarray]
 SEP = "::"
@@ -71,6 +59,10 @@ class Codec(Protocol):
     name: str
     lossless: bool
     is_delta: bool
+    # the codec's own options: {option of __init__: the RunConfig field that sets it}
+    OPTIONS: ClassVar[dict[str, str]]
+
+    def options(self) -> dict[str, Any]: ...
 
     def encode(
         self, arrays: Arrays, reference: Arrays | None, residual: Arrays | None
@@ -92,19 +84,21 @@ def get_codec(name: str, **options: Any) -> Codec:
         raise ValueError(f"wire codec {name!r} does not take options {sorted(options)}") from None
 
 
-def to_array_record(payload: Arrays) -> ArrayRecord:
-    """The payload as a Flower ``ArrayRecord`` (which does not take a dict of numpy arrays directly)."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in payload.items()})
+def options_from(name: str, settings: Any) -> dict[str, Any]:
+    """The options codec ``name`` declares, read from ``settings`` (a ``RunConfig``: ``wire.topk-fraction``...)."""
+    return {opt: getattr(settings, field) for opt, field in CODECS.get(name).OPTIONS.items()}
 
 
-def from_array_record(record: ArrayRecord) -> Arrays:
-    """The payload stored in ``record``, keys and dtypes as encoded."""
-    return {k: v.numpy() for k, v in record.items()}
+def npy_bytes(value: np.ndarray) -> int:
+    """Size of ``value`` serialized as ``.npy`` (how Flower puts an array on the wire)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(value), allow_pickle=False)
+    return buf.tell()
 
 
 def payload_bytes(payload: Arrays) -> int:
-    """Bytes Flower counts for this payload: serialized ``.npy`` size plus key length per entry."""
-    return to_array_record(payload).count_bytes()
+    """Bytes Flower counts for this payload (``ArrayRecord.count_bytes``): ``.npy`` size plus key length per entry."""
+    return sum(npy_bytes(v) + len(k) for k, v in payload.items())
 
 
 def _check_finite(key: str, value: np.ndarray, what: str = "non-finite values (NaN/inf)") -> None:
@@ -144,6 +138,10 @@ class FullCodec:
     """Whole weights cast to ``dtype``; lossless for fp32."""
 
     is_delta = False
+    OPTIONS: ClassVar[dict[str, str]] = {}
+
+    def options(self) -> dict[str, Any]:
+        return {}
 
     def __init__(self, name: str, dtype: Any) -> None:
         self.name, self.dtype = name, np.dtype(dtype)
@@ -190,6 +188,10 @@ class DeltaCodec:
     is_delta = True
     error_feedback = False
     parts: tuple[str, ...] = ()
+    OPTIONS: ClassVar[dict[str, str]] = {}
+
+    def options(self) -> dict[str, Any]:
+        return {opt: getattr(self, opt) for opt in self.OPTIONS}
 
     def pack(self, key: str, update: np.ndarray) -> tuple[Arrays, np.ndarray | None]:
         """``({part: array}, quantization error)`` for one non-zero fp32 update."""
@@ -292,18 +294,6 @@ def _slices(update: np.ndarray) -> tuple[np.ndarray, bool]:
     return (rows.T, True) if rows.shape[0] > rows.shape[1] else (rows, False)
 
 
-def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Unsigned ``codes`` (< 2**bits) packed ``bits`` per entry, little-endian, into uint8."""
-    planes = np.unpackbits(codes.astype(np.uint8).reshape(-1, 1), axis=1, bitorder="little")[:, :bits]
-    return np.packbits(planes.ravel(), bitorder="little")
-
-
-def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits`: ``count`` codes as uint8."""
-    planes = np.unpackbits(packed, count=count * bits, bitorder="little").reshape(count, bits)
-    return (planes << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
-
-
 class DeltaLowBit(DeltaCodec):
     """Symmetric ``bits``-bit quantization of the update (levels -L..L, L = 2**(bits-1) - 1), bit-packed.
 
@@ -351,6 +341,7 @@ class DeltaInt2(DeltaLowBit):
 
 class DeltaTopKInt8(DeltaCodec):
     name, parts, error_feedback = "delta-topk-int8", ("q", "idx", "scale"), True
+    OPTIONS: ClassVar[dict[str, str]] = {"fraction": "wire_topk_fraction"}
 
     def __init__(self, fraction: float = 0.1) -> None:
         if not 0 < fraction <= 1:
@@ -391,92 +382,3 @@ class DeltaTopKInt8(DeltaCodec):
             raise ValueError(f"payload {key}{SEP}idx points past the {flat.size} entries of {key!r}")
         flat[positions] = q.astype(_F32) * scale[0]
         return flat.reshape(shape)
-
-
-def full_codec(codec: Codec) -> Codec:
-    """The codec of a full (first-contact) downlink: fp32 for the lossless codec, fp16 for lossy ones.
-
-    For delta codecs the fp16 copy's error is part of the node's next delta (the server mirrors the copy)
-    and never reaches the global model (uplinks are decoded against the exact global).
-    """
-    return codec if codec.lossless else get_codec("fp16")
-
-
-def encode_full(codec: Codec, arrays: Arrays) -> Arrays:
-    """The full payload for ``codec`` (see :func:`full_codec`); fp32 when a value does not fit fp16."""
-    try:
-        return full_codec(codec).encode(arrays, None, None)[0]
-    except ValueError:
-        return get_codec("fp32").encode(arrays, None, None)[0]
-
-
-def decode_full(payload: Arrays) -> Arrays:
-    """A full payload (fp16 or fp32 arrays, see :func:`encode_full`) as fp32 arrays."""
-    fp16 = bool(payload) and all(np.asarray(v).dtype == np.float16 for v in payload.values())
-    return get_codec("fp16" if fp16 else "fp32").decode(payload, None)
-
-
-@dataclass(frozen=True)
-class NodeCopy:
-    """The adapter one node holds after decoding a downlink: the reference of its next delta."""
-
-    version: int
-    arrays: Arrays
-
-
-class Downlink:
-    """Server side of the downlink: a mirror of what every node holds, and the payload for each node.
-
-    A node that holds a copy the server knows (it decoded an earlier downlink and its reply came back)
-    gets ``codec.encode(global, its copy)``: a delta from *its own* copy, however many rounds old, so
-    partial participation (a node sampled every 10th round) still gets compact deltas, and whatever the
-    previous lossy deltas left out is part of this one. A node without a known copy (first contact, or
-    its last reply was lost or rejected) gets the full payload (:func:`encode_full`: fp16 for lossy codecs). Non-delta codecs
-    always send the full payload and keep no copies.
-
-    The server mirrors each node's copy exactly (it decodes the payload it sends), costing one adapter of
-    memory per participating node for delta codecs.
-    """
-
-    def __init__(self, codec: Codec) -> None:
-        self.codec = codec
-        self.copies: dict[int, NodeCopy] = {}
-        self.pending: dict[int, NodeCopy] = {}
-
-    def payload_for(self, node: int, global_arrays: Arrays, version: int) -> tuple[Arrays, int | None]:
-        """``(payload, version it is a delta against, or None for full)`` bringing ``node`` to ``version``."""
-        copy = self.copies.get(node) if self.codec.is_delta else None
-        if copy is None:
-            payload = encode_full(self.codec, global_arrays)
-            arrays, base = decode_full(payload), None
-        else:
-            payload, _ = self.codec.encode(global_arrays, copy.arrays, None)
-            arrays, base = self.codec.decode(payload, copy.arrays), copy.version
-        if self.codec.is_delta:
-            self.pending[node] = NodeCopy(version, arrays)
-        return payload, base
-
-    def held_by(self, node: int) -> Arrays | None:
-        """What ``node`` holds after decoding this round's payload (delta codecs only)."""
-        copy = self.pending.get(node)
-        return None if copy is None else copy.arrays
-
-    def settle(self, replied: set[int]) -> None:
-        """After a round: nodes whose reply was accepted hold their pending copy; the others are unknown."""
-        for node, copy in self.pending.items():
-            if node in replied:
-                self.copies[node] = copy
-            else:
-                self.copies.pop(node, None)
-        self.pending = {}
-
-
-def decode_broadcast(
-    codec: Codec, payload: Arrays, base_version: int | None, held_version: int | None, held: Arrays | None
-) -> Arrays:
-    """Client side of :class:`Downlink`: the adapter ``payload`` brings this node to."""
-    if base_version is None:
-        return decode_full(payload)
-    if held is None or held_version != base_version:
-        raise ValueError(f"broadcast is a delta against version {base_version}, this node holds {held_version}")
-    return codec.decode(payload, held)

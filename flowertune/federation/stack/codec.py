@@ -1,0 +1,109 @@
+"""The wire codec layer: encodes the downlink per node, decodes every reply against the exact global adapter.
+
+Below this layer everything sees full fp32 arrays: the gate checks decoded updates, a DP wrapper clips
+them, Flower's aggregator averages them. Above it, the meter counts the encoded bytes. The layer keeps the
+server's mirror of what each node holds (:class:`~flowertune.wire.Downlink`) and exports it for a resume,
+keyed by partition (node ids change when a run restarts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from flowertune.federation.records import from_array_record, to_array_record
+from flowertune.federation.stack.base import Layer, StackContext
+from flowertune.federation.state import split_prefixed
+from flowertune.wire import Codec, Downlink, NodeCopy, WireHeader
+
+log = logging.getLogger(__name__)
+
+
+class WireCodec(Layer):
+    """Downlink: the global adapter in ``codec``, a delta from each node's own copy when known. Uplink: decoded."""
+
+    name = "wire"
+    state_name = "downlink"
+
+    def __init__(self, strategy: Any, ctx: StackContext, codec: Codec) -> None:
+        super().__init__(strategy, ctx)
+        self.codec = codec
+        self.downlink = Downlink(codec)  # per node: the adapter copy it holds (delta codecs)
+        self.unclaimed: dict[int, NodeCopy] = {}  # by partition: restored copies of nodes not back yet
+        self._global: dict[str, np.ndarray] = {}
+
+    def describe(self) -> str:
+        options = ", ".join(f"{k}={v}" for k, v in self.codec.options().items())
+        return f"wire({self.codec.name}{', ' + options if options else ''})"
+
+    def _claim(self, node: int) -> None:
+        """A node of a resumed run takes the copy the server mirrored for its partition."""
+        p = self.ctx.partition_of(node)
+        if p in self.unclaimed and node not in self.downlink.copies:
+            self.downlink.copies[node] = self.unclaimed.pop(p)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        msgs = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._global = from_array_record(arrays)
+        out = []
+        for m in msgs:
+            node = m.metadata.dst_node_id
+            self._claim(node)
+            payload, base = self.downlink.payload_for(node, self._global, server_round)
+            config = ConfigRecord(dict(m.content["config"]))
+            config.update(WireHeader.of(self.codec, server_round, base).to_config())
+            out.append(Message(RecordDict({"arrays": to_array_record(payload), "config": config}), dst_node_id=node,
+                               message_type=MessageType.TRAIN))
+        return out
+
+    def decode(self, msg: Message) -> str | None:
+        """Replace the reply's payload by full fp32 arrays; the reason when it cannot be decoded."""
+        if msg.has_error() or "arrays" not in msg.content.array_records:
+            return None  # the gate deals with it
+        try:
+            arrays = self.codec.decode(from_array_record(msg.content.array_records["arrays"]), self._global)
+        except (ValueError, KeyError) as exc:
+            return f"cannot decode the {self.codec.name} update: {exc}"
+        msg.content = RecordDict({**msg.content.metric_records, "arrays": to_array_record(arrays)})
+        return None
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        decoded = []
+        for msg in replies:
+            reason = self.decode(msg)
+            if reason is None:
+                decoded.append(msg)
+            else:
+                node = msg.metadata.src_node_id
+                self.ctx.traffic.rejected.append(f"node {node}: {reason}")
+                log.warning("round %d: rejected the update of node %s: %s", server_round, node, reason)
+        result = self.strategy.aggregate_train(server_round, decoded)
+        # a node whose reply was not accepted gets the full adapter next time
+        self.downlink.settle(self.ctx.traffic.accepted_nodes)
+        return result
+
+    # -- resume state: the mirror by partition ------------------------------------------------------------
+    def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        by_partition = dict(self.unclaimed)
+        for node, copy in self.downlink.copies.items():
+            p = self.ctx.partition_of(node)
+            if p is not None:
+                by_partition[p] = copy
+        meta, arrays = {}, {}
+        for p, copy in sorted(by_partition.items()):
+            meta[str(p)] = {"version": copy.version, "keys": list(copy.arrays)}
+            arrays.update({f"{p}/{k}": v for k, v in copy.arrays.items()})
+        return meta, arrays
+
+    def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.unclaimed = {}
+        for p, spec in meta.items():
+            part = split_prefixed(arrays, p)
+            self.unclaimed[int(p)] = NodeCopy(int(spec["version"]), {k: part[k] for k in spec["keys"]})
