@@ -67,7 +67,7 @@ def generations(out: Path, name: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 items of each medical benchmark (1-token answers; tests/eval/test_slow.py "
+                        help="smoke run: 2 items of each medical benchmark (1-token answers; tests/component/test_eval_slow.py "
                              "scores every suite with the embedded model)")
     parser.add_argument("--limit", type=int, default=None, help="items per benchmark (default: 2 with --quick)")
     parser.add_argument("--suites", default=None, help="default: medical,finance,general-nlp (medical with --quick)")

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from flowertune.config import ConfigError, check_keys, toml_value
 from flowertune.eval.benchmark import SUITES
-from flowertune.eval.leaderboard import _TITLES, average_score, challenge_scores, communication_mb
+from flowertune.eval.leaderboard import _TITLES, average_score, challenge_scores
 from flowertune.federation import rundir
 from flowertune.report.tables import markdown_table
 
@@ -222,7 +222,7 @@ def table_rows(sweep: Sweep, out: Path) -> tuple[list[str], list[dict[str, Any]]
         avg = average_score(results, sweep.suite) if results else None
         model = rundir.read_config(run)["model.name"] if rundir.is_run_dir(run) else m.overrides.get("model.name", "")
         rows.append({"member": m.name, "model": model, "scores": dict(zip(titles, values)), "average": avg,
-                     "comm_mb": communication_mb(run) if rundir.is_run_dir(run) else None,
+                     "comm_mb": rundir.communication_mb(run) if rundir.is_run_dir(run) else None,
                      "status": member_state(run, sweep)})
     return titles, rows
 

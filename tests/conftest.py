@@ -94,6 +94,27 @@ def tiny_data_file(tmp_path_factory) -> Path:
     return path
 
 
+FIXTURES = REPO / "tests" / "fixtures"  # tiny hand-written benchmark files in the shared-data layout
+
+
+@pytest.fixture
+def fixture_dir() -> Path:
+    """Tiny hand-written files in the shared-data layout (with the benchmarks registered)."""
+    import flowertune.eval.benchmarks  # noqa: F401  (registers the benchmarks)
+
+    return FIXTURES
+
+
+@pytest.fixture
+def small_mmlu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Limit MMLU to the one subject per category that the fixtures hold."""
+    from flowertune.eval.benchmarks import mmlu
+
+    monkeypatch.setattr(mmlu, "MMLU_CATEGORY", {
+        "stem": ("abstract_algebra",), "social_sciences": ("econometrics",), "humanities": ("formal_logic",),
+    })
+
+
 @pytest.fixture
 def real_data_dir() -> Path:
     """``$FLOWERTUNE_DATA_DIR`` or ``<repo>/../shared/data``; the test is skipped only when it is absent."""
@@ -104,6 +125,13 @@ def real_data_dir() -> Path:
 
 
 _SESSION_START: list[float] = []
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test that reads the real data directory carries the ``needs_data`` marker."""
+    for item in items:
+        if "real_data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_data)
 
 
 def pytest_sessionstart(session) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -49,10 +48,10 @@ def benchmark_names(suite: str | None, benchmarks: str) -> list[str]:
 
 
 def run_model_name(run_dir: Path) -> str:
-    """``model.name`` from ``<run>/config.json`` (the resolved flat config, possibly under ``"config"``)."""
-    data = json.loads((run_dir / "config.json").read_text())
-    flat = data.get("config", data) if isinstance(data.get("config"), dict) else data
-    return str(flat["model.name"])
+    """``model.name`` of the run's resolved config."""
+    from flowertune.federation.rundir import read_config
+
+    return str(read_config(run_dir)["model.name"])
 
 
 def data_dir_from(arg: Path | None) -> Path | None:
@@ -99,7 +98,10 @@ def handler(args: argparse.Namespace) -> int:
 
         write_report_quietly(args.run)
     try:
-        print(format_table(results, run_dir=args.run))
+        from flowertune.federation.rundir import communication_mb
+
+        comm = communication_mb(args.run) if args.run is not None else None
+        print(format_table(results, comm_mb=comm, with_comm=args.run is not None))
     except ValueError:
         pass  # only benchmarks outside any challenge were run
     for name, res in results.items():

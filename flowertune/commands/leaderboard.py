@@ -30,14 +30,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def handler(args: argparse.Namespace) -> int:
     """Print the table; exit code 2 when no results file can be found."""
     from flowertune.eval.leaderboard import format_table
+    from flowertune.federation.rundir import EVAL, communication_mb, read_eval
 
-    path = args.results or (args.run / "eval" / "results.json" if args.run else None)
-    if path is None or not Path(path).is_file():
-        print(f"flowertune leaderboard: no results file ({path}); give --results or --run", file=sys.stderr)
+    if args.results is not None:
+        results = json.loads(args.results.read_text()) if args.results.is_file() else None
+    else:
+        results = read_eval(args.run) if args.run else None
+    if results is None:
+        where = args.results or (args.run / EVAL / "results.json" if args.run else None)
+        print(f"flowertune leaderboard: no results file ({where}); give --results or --run", file=sys.stderr)
         return 2
-    results = json.loads(Path(path).read_text())
+    comm = communication_mb(args.run) if args.run is not None else None
     try:
-        print(format_table(results, challenge=args.challenge, run_dir=args.run))
+        print(format_table(results, challenge=args.challenge, comm_mb=comm, with_comm=args.run is not None))
     except (KeyError, ValueError) as exc:
         print(f"flowertune leaderboard: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flowertune.commands.run import connection_name, ensure_connection, flwr_env
+from flowertune.launch.connections import connection_name, ensure_connection
+from flowertune.launch.flwr import flwr_env
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -8,58 +8,18 @@ offline). Deployment: ``--superlink HOST:PORT`` submits the same app to a runnin
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from flowertune.config import Config, ConfigError, from_flat, pyproject_section, toml_value
-from flowertune.federation.rundir import LOG, STOPPED, SUMMARY, default_run_path
-from flowertune.home import flowertune_home
-
-# flowertune's own log lines (server and, through Ray, clients) and the errors a user must see; the rest of
-# Flower's and Ray's output goes to <run>/run.log only, unless -v
-_OURS = re.compile(r"\d\d:\d\d:\d\d flowertune (INFO|WARNING|ERROR)|^flowertune|ERROR|Traceback|Error: ")
-_ACTOR = re.compile(r"^(\x1b\[\d+m)?\((ClientAppActor|raylet)[^)]*\)(\x1b\[0m)?\s?")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def terminal_line(line: str, verbose: bool) -> str | None:
-    """What the user's terminal shows of one output line of ``flwr run`` (None: the run log only)."""
-    if verbose:
-        return line
-    plain = _ANSI.sub("", line)
-    if not _OURS.search(plain):
-        return None
-    return _ACTOR.sub("  client | ", line) if _ACTOR.match(line) else line
-
-
-def run_logged(cmd: list[str], env: dict[str, str], run_path: Path, verbose: bool) -> int:
-    """Run ``cmd``; every output line goes to ``<run>/run.log``, the terminal gets :func:`terminal_line`'s."""
-    run_path.mkdir(parents=True, exist_ok=True)
-    with open(run_path / LOG, "a", encoding="utf-8") as log_file:
-        log_file.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {shlex.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1)
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                log_file.write(line)
-                log_file.flush()
-                shown = terminal_line(line, verbose)
-                if shown is not None:
-                    sys.stdout.write(shown)
-                    sys.stdout.flush()
-        except KeyboardInterrupt:
-            proc.terminate()
-            raise
-        return proc.wait()
+from flowertune.config import Config, ConfigError, from_flat, toml_value
+from flowertune.federation.rundir import LOG, default_run_path, read_stopped, read_summary
+from flowertune.launch.connections import connection_name, ensure_connection
+from flowertune.launch.flwr import flwr_command, flwr_env, write_run_config
+from flowertune.launch.logtee import run_logged
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -140,127 +100,56 @@ def print_config(cfg: Config, sources: dict[str, str]) -> None:
         print(f"{k:55s} {toml_value(v):40s} {mark}")
 
 
-def app_dir() -> Path:
-    """A Flower app directory for ``flwr run``: the source checkout, or a generated one for wheels."""
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").is_file() and "[tool.flwr.app]" in (repo / "pyproject.toml").read_text():
-        return repo
-    d = flowertune_home() / "app"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        '[project]\nname = "flowertune-app"\nversion = "0.1.0"\ndependencies = []\n\n'
-        '[tool.flwr.app]\npublisher = "flowertune"\n\n[tool.flwr.app.components]\n'
-        'serverapp = "flowertune.server_app:app"\nclientapp = "flowertune.client_app:app"\n\n'
-        + pyproject_section()
-    )
-    return d
-
-
-def flwr_env() -> dict[str, str]:
-    """Environment for ``flwr``: our own FLWR_HOME, this Python's tools first on PATH, no runtime dependency installation."""
-    env = dict(os.environ)
-    # flwr starts flower-superlink/flwr-serverapp by name: find ours even when the venv is not activated
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("FLWR_HOME", str(flowertune_home() / "flwr"))
-    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    return env
-
-
-def write_run_config(cfg: Config, directory: Path) -> Path:
-    """The resolved config as a TOML file for ``flwr run --run-config``."""
-    path = directory / "run-config.toml"
-    path.write_text("".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in cfg.to_flat().items()))
-    return path
-
-
-def flwr_command(cfg: Config, run_config: Path, num_supernodes: int, superlink: str | None) -> list[str]:
-    """The ``flwr run`` command line."""
-    flwr = str(Path(sys.executable).with_name("flwr"))
-    cmd = [flwr, "run", str(app_dir())]
-    if superlink:
-        cmd.append(superlink)
-    cmd += ["--run-config", str(run_config), "--stream"]
-    if not superlink:
-        cmd += ["--federation-config", f"num-supernodes={num_supernodes}"]
-    return cmd
-
-
-def connection_name(address: str, root_certificates: str | None) -> str:
-    """The name of flowertune's SuperLink connection for ``address`` (TLS and insecure ones differ)."""
-    return ("flowertune-tls-" if root_certificates else "flowertune-") + address.replace(":", "-").replace(".", "-")
-
-
-def ensure_connection(name: str, address: str, env: dict[str, str], root_certificates: str | None = None) -> None:
-    """Add a SuperLink connection ``name`` to ``$FLWR_HOME/config.toml`` if missing: TLS with the CA
-    certificate ``root_certificates``, else insecure."""
-    home = Path(env["FLWR_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    cfg = home / "config.toml"
-    text = cfg.read_text() if cfg.exists() else '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
-    if f"[superlink.{name}]" not in text:
-        security = (f"root-certificates = {json.dumps(str(Path(root_certificates).absolute()))}\n" if root_certificates
-                    else "insecure = true\n")
-        text += f'\n[superlink.{name}]\naddress = "{address}"\n{security}'
-        cfg.write_text(text)
-
-
-def handle(args: argparse.Namespace) -> int:
-    from flowertune.preflight import server_checks
-
+def resolve_args(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
+    """The run's config from the command line (a new run or a resume) and where each value came from;
+    :class:`ConfigError` for any mistake that can be known before a process starts."""
     sources: dict[str, str] = {}
-    try:
-        overrides = parse_overrides(args.run_config + args.overrides)
-        if args.num_supernodes:  # recorded in the run's config: a resume simulates the same federation
-            overrides["num-supernodes"] = args.num_supernodes
-        quiet = ("--no-progress" if args.no_progress else
-                 "CI" if os.environ.get("CI") and "run.progress-every-s" not in overrides else None)
-        if quiet:  # quiet in CI unless asked for
-            overrides["run.progress-every-s"] = 0.0
-        if args.resume:
-            if args.preset or args.recipe or args.out:
-                raise ConfigError("--resume takes the config from RUN_DIR/config.json; drop --preset/--recipe/--out "
-                                  "and give only the keys to change (with --force for the safe ones)")
-            cfg = resolve_resume(args.resume, overrides, args.force)
-            sources.update({k: "user" for k in overrides})
-        else:
-            if args.force:
-                raise ConfigError("--force only applies to --resume")
-            cfg = resolve_cli(args.preset, overrides, args.out, sources, args.recipe)
-        if quiet:
-            sources["run.progress-every-s"] = quiet
-        if cfg.run.client_worker == "auto":  # decided here, where the runtime is known: see client_app.uses_worker
-            cfg = from_flat({**cfg.to_flat(), "run.client-worker": "on" if args.superlink else "off"})
-            sources["run.client-worker"] = f"flowertune run ({'deployment' if args.superlink else 'simulation'})"
-        if args.root_certificates and not (args.superlink and Path(args.root_certificates).is_file()):
-            raise ConfigError(f"--root-certificates {args.root_certificates}: needs --superlink and an existing CA "
-                              "certificate file (make one with `flowertune certs DIR`)")
-        if args.dry_run:
-            print_config(cfg, sources)
-            return 0
-        # before any Flower process starts: the output directory, and in simulation (the clients run on this
-        # machine) their quantization, model and data
-        server_checks(cfg, clients_here=not args.superlink)
-    except (ConfigError, KeyError) as exc:
-        print(f"flowertune run: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-        return 2
-    num = cfg.run.num_supernodes
-    env = flwr_env()
-    superlink = None
-    if args.superlink:
-        superlink = connection_name(args.superlink, args.root_certificates)
-        ensure_connection(superlink, args.superlink, env, args.root_certificates)
+    overrides = parse_overrides(args.run_config + args.overrides)
+    if args.num_supernodes:  # recorded in the run's config: a resume simulates the same federation
+        overrides["num-supernodes"] = args.num_supernodes
+    quiet = ("--no-progress" if args.no_progress else
+             "CI" if os.environ.get("CI") and "run.progress-every-s" not in overrides else None)
+    if quiet:  # quiet in CI unless asked for
+        overrides["run.progress-every-s"] = 0.0
+    if args.resume:
+        if args.preset or args.recipe or args.out:
+            raise ConfigError("--resume takes the config from RUN_DIR/config.json; drop --preset/--recipe/--out "
+                              "and give only the keys to change (with --force for the safe ones)")
+        cfg = resolve_resume(args.resume, overrides, args.force)
+        sources.update({k: "user" for k in overrides})
     else:
-        from flowertune.federation import managed_superlink
+        if args.force:
+            raise ConfigError("--force only applies to --resume")
+        cfg = resolve_cli(args.preset, overrides, args.out, sources, args.recipe)
+    if quiet:
+        sources["run.progress-every-s"] = quiet
+    if cfg.run.client_worker == "auto":  # decided here, where the runtime is known: see client_app.uses_worker
+        cfg = from_flat({**cfg.to_flat(), "run.client-worker": "on" if args.superlink else "off"})
+        sources["run.client-worker"] = f"flowertune run ({'deployment' if args.superlink else 'simulation'})"
+    if args.root_certificates and not (args.superlink and Path(args.root_certificates).is_file()):
+        raise ConfigError(f"--root-certificates {args.root_certificates}: needs --superlink and an existing CA "
+                          "certificate file (make one with `flowertune certs DIR`)")
+    return cfg, sources
 
-        try:
-            for pid in managed_superlink.check(env):
-                print(f"flowertune run: stopped the managed local SuperLink (pid {pid}) whose Python environment "
-                      "no longer exists; flwr starts a new one from this environment", file=sys.stderr)
-        except ConfigError as exc:
-            print(f"flowertune run: {exc}", file=sys.stderr)
-            return 2
-    run_path = Path(cfg.run.output_dir)
+
+def superlink_connection(args: argparse.Namespace, env: dict[str, str]) -> str | None:
+    """Deployment: the named connection to ``--superlink``. Simulation: None, after stopping a managed local
+    SuperLink whose Python environment is gone (:class:`ConfigError` when one cannot be stopped)."""
+    if args.superlink:
+        name = connection_name(args.superlink, args.root_certificates)
+        ensure_connection(name, args.superlink, env, args.root_certificates)
+        return name
+    from flowertune.launch import managed_superlink
+
+    for pid in managed_superlink.check(env):
+        print(f"flowertune run: stopped the managed local SuperLink (pid {pid}) whose Python environment "
+              "no longer exists; flwr starts a new one from this environment", file=sys.stderr)
+    return None
+
+
+def launch(cfg: Config, args: argparse.Namespace, env: dict[str, str], superlink: str | None) -> int:
+    """``flwr run`` with the resolved config, its output teed to the run log; its exit code."""
+    run_path, num = Path(cfg.run.output_dir), cfg.run.num_supernodes
     with tempfile.TemporaryDirectory() as tmp:
         cmd = flwr_command(cfg, write_run_config(cfg, Path(tmp)), num, superlink)
         what = f"recipe {cfg.run.recipe} (preset {cfg.run.preset})" if cfg.run.recipe else f"preset {cfg.run.preset}"
@@ -268,17 +157,20 @@ def handle(args: argparse.Namespace) -> int:
         print(f"flowertune run: {what}, {cfg.run.num_server_rounds} rounds, "
               f"{'deployment ' + args.superlink if superlink else f'{num} simulated SuperNodes'} -> {run_path}",
               flush=True)
-        rc = run_logged(cmd, env, run_path, verbose=args.verbose)
-    summary = run_path / SUMMARY
-    if (run_path / STOPPED).exists():
-        reason = json.loads((run_path / STOPPED).read_text())["reason"]
+        return run_logged(cmd, env, run_path, verbose=args.verbose)
+
+
+def outcome(run_path: Path, rc: int) -> int:
+    """Tell the user how the run ended, from its run directory; the command's exit code."""
+    reason = read_stopped(run_path)
+    if reason is not None:
         print(f"flowertune run: the run stopped: {reason}", file=sys.stderr)
         return rc or 1
-    if rc != 0 or not summary.exists():
+    s = read_summary(run_path)
+    if rc != 0 or s is None:
         print(f"flowertune run: the run did not finish (flwr exit code {rc}); see {run_path / LOG} (every line "
               "Flower and Ray printed)", file=sys.stderr)
         return rc or 1
-    s = json.loads(summary.read_text())
     print(f"\nrun directory: {run_path}\n  rounds {s['rounds']}, eval loss {s['eval_loss_first']} -> "
           f"{s['eval_loss_last']}, communication {s['comm_cost_mb']:.2f} MB, {s['wall_s']:.0f} s\n"
           f"  final adapter: {run_path / 'final_adapter'}\n  report: {run_path / 'report.md'} (and report.html, "
@@ -286,6 +178,25 @@ def handle(args: argparse.Namespace) -> int:
     # (a round never completes without strategy.min-train-nodes usable updates: it is resampled, then the run
     # stops with stopped.json, handled above)
     return 0
+
+
+def handle(args: argparse.Namespace) -> int:
+    from flowertune.preflight import server_checks
+
+    try:
+        cfg, sources = resolve_args(args)
+        if args.dry_run:
+            print_config(cfg, sources)
+            return 0
+        # before any Flower process starts: the output directory, and in simulation (the clients run on this
+        # machine) their quantization, model and data
+        server_checks(cfg, clients_here=not args.superlink)
+        env = flwr_env()
+        superlink = superlink_connection(args, env)
+    except (ConfigError, KeyError) as exc:
+        print(f"flowertune run: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    return outcome(Path(cfg.run.output_dir), launch(cfg, args, env, superlink))
 
 
 def add_parser(sub: Any) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flowertune.eval.benchmark import SUITES
@@ -18,18 +16,6 @@ _TITLES = {
     "stem": "STEM", "social_sciences": "SS", "humanities": "Humanities",
 }
 _MMLU_COLUMNS = ("stem", "social_sciences", "humanities")
-
-
-def communication_mb(run_dir: Path) -> float | None:
-    """Cumulative bytes on the wire of a run, in MB: the last ``bytes_cumulative`` in ``metrics.jsonl``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    last = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if '"bytes_cumulative"' in line:
-            last = json.loads(line)["bytes_cumulative"]
-    return None if last is None else int(last) / MB
 
 
 def guess_challenge(results: Mapping[str, Any]) -> str | None:
@@ -81,10 +67,11 @@ def average_score(results: Mapping[str, Any], challenge: str) -> float | None:
     return sum(values) / len(values) if values and len(values) == len(scores) else None
 
 
-def format_table(results: Mapping[str, Any], challenge: str | None = None, run_dir: Path | None = None) -> str:
-    """A markdown table like the leaderboard's: one column per benchmark, the average, and comm. cost."""
-    comm = communication_mb(run_dir) if run_dir is not None else None
-    challenge, header, row, counts = leaderboard_rows(results, challenge, comm, with_comm=run_dir is not None)
+def format_table(results: Mapping[str, Any], challenge: str | None = None, comm_mb: float | None = None,
+                 with_comm: bool = False) -> str:
+    """A markdown table like the leaderboard's: one column per benchmark, the average, and (``with_comm``) the
+    communication cost ``comm_mb`` (of a run directory: ``rundir.communication_mb``)."""
+    challenge, header, row, counts = leaderboard_rows(results, challenge, comm_mb, with_comm=with_comm)
     lines = [
         f"Challenge: {challenge}",
         "",

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from flowertune.config import Config, ConfigError
+from flowertune.eval.leaderboard import MB
 from flowertune.federation.state import StateError, load_state, prune, round_files, save_state
 from flowertune.models.adapter import save_adapter
 
@@ -199,10 +200,12 @@ def check_resumable(run: Path, new: Mapping[str, Any], force: bool) -> None:
 
 
 def read_config(run: Path) -> dict[str, Any]:
-    """The resolved flat config of a run directory; a key its run predates counts as its default."""
+    """The resolved flat config of a run directory (under ``"config"``; the earliest runs wrote it flat); a key
+    its run predates counts as its default."""
     from flowertune.config import flat_defaults
 
-    return {**flat_defaults(), **json.loads((Path(run) / CONFIG).read_text())["config"]}
+    data = json.loads((Path(run) / CONFIG).read_text())
+    return {**flat_defaults(), **(data["config"] if isinstance(data.get("config"), dict) else data)}
 
 
 def read_meta(run: Path) -> dict[str, Any]:
@@ -246,6 +249,12 @@ def is_run_dir(run: Path) -> bool:
 def has_state(run: Path) -> bool:
     """Whether the run saved a server state to resume from."""
     return bool(round_files(Path(run) / STATE))
+
+
+def communication_mb(run: Path) -> float | None:
+    """Cumulative bytes on the wire of a run, in MB: the last ``bytes_cumulative`` in ``metrics.jsonl``."""
+    last = [row["bytes_cumulative"] for row in read_metrics(run) if "bytes_cumulative" in row]
+    return int(last[-1]) / MB if last else None
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from flowertune.eval.leaderboard import communication_mb, leaderboard_rows
+from flowertune.eval.leaderboard import leaderboard_rows
 from flowertune.federation import rundir
 from flowertune.report.methodology import methodology, model_title, setup_paragraph
 from flowertune.report.plots import save_figures
@@ -52,7 +52,7 @@ def results_section(run: Path) -> list[str]:
     if results is None:
         return ["No evaluation yet: `flowertune eval --run " + str(run) + " --suite <challenge>` adds the "
                 "leaderboard table here."]
-    comm = communication_mb(run)
+    comm = rundir.communication_mb(run)
     try:
         challenge, header, row, counts = leaderboard_rows(results, comm_mb=comm, with_comm=True)
     except ValueError:
@@ -80,7 +80,7 @@ def build_markdown(run: Path, plots: dict[str, Path]) -> str:
     config = rundir.read_config(run)
     meta = rundir.read_meta(run)
     rows = rundir.read_metrics(run)
-    comm = communication_mb(run)
+    comm = rundir.communication_mb(run)
     header, body = round_table(rows)
     rel = {k: os.path.relpath(p, run) for k, p in plots.items()}
     versions = ", ".join(f"{k} {v}" for k, v in sorted(meta.get("versions", {}).items()))

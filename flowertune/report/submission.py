@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flowertune.config import toml_value
 from flowertune.eval.benchmark import SUITES
-from flowertune.eval.leaderboard import communication_mb, guess_challenge, leaderboard_rows
+from flowertune.eval.leaderboard import guess_challenge, leaderboard_rows
 from flowertune.federation import rundir
 from flowertune.report.methodology import methodology, model_title, setup_paragraph, strategy_line
 from flowertune.report.plots import save_figures
@@ -70,7 +70,7 @@ def readme(run: Path, challenge: str, limited: bool) -> str:
     """The submission README in the seeds' structure."""
     config = rundir.read_config(run)
     results = rundir.read_eval(run) or {}
-    comm = communication_mb(run)
+    comm = rundir.communication_mb(run)
     _, header, row, counts = leaderboard_rows(results, challenge, comm, with_comm=True)
     adapter = "DoRA" if config["model.lora.use-dora"] else "LoRA"
     paper = "https://arxiv.org/abs/2402.09353" if adapter == "DoRA" else "https://arxiv.org/abs/2106.09685"

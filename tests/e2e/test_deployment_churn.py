@@ -12,7 +12,11 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pytest
+
 from tests.e2e.helpers import BIN, Processes, free_port, isolated_env, read_jsonl, tiny_overrides
+
+pytestmark = pytest.mark.slow  # a minute or more of Flower runs
 
 
 def worker_pids(home) -> list[int]:

@@ -10,7 +10,11 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from tests.e2e.helpers import BIN, Processes, free_port, isolated_env, read_jsonl, tiny_overrides
+
+pytestmark = pytest.mark.slow  # a minute or more of Flower runs
 
 
 def wait_port(port: int, timeout: float = 60) -> None:

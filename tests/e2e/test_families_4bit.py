@@ -24,6 +24,8 @@ from flowertune.layering import layer
 from tests.conftest import REPO, bpe_tokenizer
 from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning, read_jsonl
 
+pytestmark = pytest.mark.slow  # a minute or more of Flower runs
+
 
 @dataclass(frozen=True)
 class Family:

@@ -23,7 +23,7 @@ def test_4bit_quickstart_lowers_the_held_out_loss_and_evaluates_in_4bit(tmp_path
     assert adapter["r"] == 8
     # two 1-token MCQ benchmarks: the 4-bit base with the run's adapter through `flowertune eval`. Finance and
     # code generate until their budgets at a few tokens/s in 4 bits on this CPU (FPB 56 s, HumanEval 80 s for 2
-    # items); their harness paths are checked in 16 bits (tests/eval/test_slow.py, tests/eval_code)
+    # items); their harness paths are checked in 16 bits (tests/component/test_eval_slow.py, tests/component/test_code_*.py)
     names = "pubmedqa,mmlu"
     proc = subprocess.run([str(BIN / "flowertune"), "eval", "--run", str(out), "--benchmarks", names, "--limit", "2",
                            "--quantization", "4", "--batch-size", "2", "--data-dir", str(real_data_dir),

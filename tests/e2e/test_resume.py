@@ -19,6 +19,8 @@ import pytest
 
 from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning, read_jsonl, run_flowertune, tiny_overrides
 
+pytestmark = pytest.mark.slow  # a minute or more of Flower runs
+
 TIMING = {"wall_s", "round_s", "client_tokens_per_s", "client_rss_mb", "client_peak_rss_mb", "client_peak_cuda_mb"}
 
 

@@ -20,9 +20,11 @@ from PIL import Image
 from flowertune.federation.rundir import read_config, read_metrics
 from flowertune.report.methodology import methodology
 from flowertune.report.plots import figures
+from tests.conftest import FIXTURES
 from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning, tiny_overrides
 
-FIXTURES = Path(__file__).resolve().parents[1] / "eval" / "fixtures"
+pytestmark = pytest.mark.slow  # a minute or more of Flower runs
+
 MB = 1024**2
 
 

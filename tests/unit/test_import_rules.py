@@ -30,7 +30,7 @@ LEVELS = [  # (module prefix, level); the longest matching prefix wins
     ("flowertune.memory", 0), ("flowertune.home", 0),
     ("flowertune.prompts", 1), ("flowertune.data", 1), ("flowertune.models", 1), ("flowertune.train", 1),
     ("flowertune.eval", 1),
-    ("flowertune.federation", 2), ("flowertune.preflight", 2), ("flowertune.report", 2), ("flowertune.sweep", 2),
+    ("flowertune.federation", 2), ("flowertune.launch", 2), ("flowertune.preflight", 2), ("flowertune.report", 2), ("flowertune.sweep", 2),
     ("flowertune.trainsets", 2),
     ("flowertune.server_app", 3), ("flowertune.client_app", 3), ("flowertune.commands", 3), ("flowertune.cli", 3),
 ]

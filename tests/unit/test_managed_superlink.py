@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from flowertune.config import ConfigError
-from flowertune.federation import managed_superlink as ms
+from flowertune.launch import managed_superlink as ms
 
 
 def superlink(pid: int, venv: str, port: str = "39091") -> ms.Process:

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from flowertune.commands.run import terminal_line
 from flowertune.config import ConfigError
 from flowertune.federation.progress import RoundTicker, duration, send_and_receive
 from flowertune.federation.sinks import Sinks, check_sinks
+from flowertune.launch.logtee import terminal_line
 
 
 class FakeGrid:

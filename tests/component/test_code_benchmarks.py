@@ -8,8 +8,7 @@ import pytest
 
 from flowertune.eval.benchmark import BENCHMARKS, SUITES
 from flowertune.eval.benchmarks import humaneval, mbpp, multipl_e
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.conftest import FIXTURES
 
 
 def test_code_suite_is_registered() -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from flowertune.commands import eval as eval_cmd
 from flowertune.commands import leaderboard as leaderboard_cmd
-from flowertune.eval.leaderboard import communication_mb, format_table, guess_challenge
+from flowertune.eval.leaderboard import format_table, guess_challenge
+from flowertune.federation.rundir import communication_mb
 
 MEDICAL = {"pubmedqa": {"score": 60.0, "n": 500}, "medmcqa": {"score": 20.0, "n": 4183},
            "medqa": {"score": 30.0, "n": 1273}, "careqa": {"score": 10.0, "n": 5621}}
@@ -31,7 +32,7 @@ def test_communication_cost_is_last_cumulative_in_mib(tmp_path: Path) -> None:
 
 
 def test_medical_table(tmp_path: Path) -> None:
-    table = format_table(MEDICAL, run_dir=_run_dir(tmp_path))
+    table = format_table(MEDICAL, comm_mb=communication_mb(_run_dir(tmp_path)), with_comm=True)
     assert "Challenge: medical" in table
     assert "| score | 60.00 | 20.00 | 30.00 | 10.00 | 30.00 | 3.00 MB |" in table
     assert "PubMedQA" in table and "Comm. Costs" in table

@@ -13,7 +13,8 @@ from flowertune.eval.benchmarks import humaneval, mbpp
 from flowertune.eval.sandbox import run_programs
 
 DATA_DIR = Path(os.environ.get("FLOWERTUNE_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
-pytestmark = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no benchmark data at {DATA_DIR}")
+pytestmark = [pytest.mark.needs_data,
+              pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no benchmark data at {DATA_DIR}")]
 
 
 def _timed(programs: list, limits: object, label: str) -> list:
