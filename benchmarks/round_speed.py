@@ -50,9 +50,9 @@ from flowertune.config import Config, from_flat
 from flowertune.data.load import load_partition, split_validation
 from flowertune.data.tokenize import end_of_turn_ids, render_prompt
 from flowertune.federation import client_runtime, client_tasks, wire_client
-from flowertune.federation.records import from_array_record, to_array_record
+from flowertune.federation.records import from_array_record, message_bytes, to_array_record
 from flowertune.federation.rundir import RunDir
-from flowertune.federation.strategies import make_strategy, message_bytes
+from flowertune.federation.strategies import make_strategy
 from flowertune.models.adapter import adapter_config_dict
 from flowertune.models.source import local_path
 from flowertune.train.batching import IGNORE, Example, collate
