@@ -18,7 +18,8 @@ from typing import Any
 from flowertune.registry import Registry
 
 STRATEGIES: Registry[Any] = Registry("strategy")  # StrategyConfig -> a Flower strategy
-for _name in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"):
+for _name in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum", "multikrum",
+              "bulyan"):
     STRATEGIES.add_lazy(_name, f"flowertune.federation.strategies:{_name}")
 
 PARTITIONERS: Registry[Any] = Registry("partitioner")  # (num_partitions, DataConfig) -> flwr-datasets Partitioner

@@ -1,25 +1,56 @@
 """ClientApp: translate Flower messages to the client tasks and back.
 
-Client-side concerns are Flower mods around the handlers: ``wire_mod`` decodes the server's payload to
+Client-side concerns are Flower mods around the handlers: ``error_mod`` (outermost) turns any exception into
+an error reply that carries no traceback or data; ``wire_mod`` decodes the server's payload to
 fp32 before a handler (or a later mod, such as Flower's ``fixedclipping_mod``) sees it and encodes the
 reply on the way out, so the handlers only ever see full fp32 adapters.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
 
-from flowertune.config import Config, resolve
+from flowertune.config import Config, ConfigError, resolve
 from flowertune.federation import worker
 from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.wire_client import wire_mod
+from flowertune.federation.worker import WorkerTaskError
 from flowertune.logs import setup_logging
 
-app = ClientApp(mods=[wire_mod])
+log = logging.getLogger(__name__)
+
+
+def public_reason(exc: BaseException, handler: str) -> str:
+    """What an error reply tells the server: the exception's type, with its message only when flowertune wrote it
+    for a user (a ``ConfigError``, e.g. a failed check-in); never a traceback or the data an exception carries."""
+    if isinstance(exc, WorkerTaskError):
+        kind, public = exc.kind, exc.public
+    else:
+        kind, public = type(exc).__name__, str(exc) if isinstance(exc, ConfigError) else ""
+    public = public.strip().splitlines()[0][:300] if public.strip() else ""
+    return f"{kind}: {public}" if public else f"{kind} in the {handler} handler (details in this node's log)"
+
+
+def error_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod, outermost: an exception becomes an error reply with :func:`public_reason`; the full traceback
+    goes to this node's own log only."""
+    try:
+        return call_next(msg, context)
+    except Exception as exc:
+        handler = str(msg.metadata.message_type)
+        log.exception("node %s: the %s handler failed", context.node_id, handler)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=public_reason(exc, handler)),
+                       reply_to=msg)
+
+
+app = ClientApp(mods=[error_mod, wire_mod])
 
 
 def _partition(context: Context) -> tuple[int, int]:

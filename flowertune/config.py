@@ -92,7 +92,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    name: str = key("strategy.name", "fedavg", "fedavg | fedprox | fedadam | fedyogi | fedavgm")
+    name: str = key("strategy.name", "fedavg", "fedavg | fedprox | fedadam | fedyogi | fedavgm | fedmedian | "
+                                                 "fedtrimmedavg | krum | multikrum | bulyan")
     fraction_train: float = key("strategy.fraction-train", 0.5, "share of connected nodes sampled per round")
     fraction_evaluate: float = key("strategy.fraction-evaluate", 1.0, "share of nodes computing the held-out eval loss")
     min_train_nodes: int = key("strategy.min-train-nodes", 2, "minimum nodes per training round")
@@ -113,6 +114,23 @@ class StrategyConfig:
     round_retries: int = key("strategy.round-retries", 1,
                              "times a round with fewer than strategy.min-train-nodes usable updates is resampled "
                              "before the run stops (resumable)")
+    max_examples_per_node: int = key("strategy.max-examples-per-node", 0,
+                                     "cap on the num-examples weight of one reply (0 = only the rows the node "
+                                     "declared at check-in)")
+    max_global_growth: float = key("strategy.max-global-growth", 10.0,
+                                   "drop a round whose aggregate's norm exceeds this multiple of the previous "
+                                   "global's (0 = check finiteness only)")
+    norm_bound: float = key("strategy.norm-bound", 0.0,
+                            "scale every client update to at most this L2 norm before aggregation (0 = off; with "
+                            "norm-bound-adaptive, the starting bound)")
+    norm_bound_adaptive: bool = key("strategy.norm-bound-adaptive", False,
+                                    "move the norm bound toward strategy.norm-bound-quantile of the update norms")
+    norm_bound_quantile: float = key("strategy.norm-bound-quantile", 0.5,
+                                     "share of updates the adaptive norm bound aims to leave unscaled")
+    num_malicious_nodes: int = key("strategy.num-malicious-nodes", 1,
+                                   "attackers krum / multikrum / bulyan tolerate per round")
+    trimmed_beta: float = key("strategy.trimmed-beta", 0.2, "fedtrimmedavg: share cut from each end per entry")
+    multikrum_select: int = key("strategy.multikrum-select", 2, "multikrum: updates averaged after selection")
 
 
 @dataclass(frozen=True)
@@ -324,6 +342,16 @@ def validate(cfg: Config) -> None:
     need(cfg.run.client_worker in ("auto", "on", "off"), "run.client-worker must be auto, on or off")
     need(cfg.strategy.node_wait_timeout > 0, "strategy.node-wait-timeout must be > 0 seconds")
     need(cfg.strategy.round_retries >= 0, "strategy.round-retries must be >= 0")
+    need(cfg.strategy.max_examples_per_node >= 0, "strategy.max-examples-per-node must be >= 0 (0 = no cap)")
+    need(cfg.strategy.max_global_growth == 0 or cfg.strategy.max_global_growth > 1,
+         "strategy.max-global-growth must be > 1 (or 0 to check finiteness only)")
+    need(cfg.strategy.norm_bound >= 0, "strategy.norm-bound must be >= 0 (0 = off)")
+    need(not cfg.strategy.norm_bound_adaptive or cfg.strategy.norm_bound > 0,
+         "strategy.norm-bound-adaptive needs strategy.norm-bound > 0 (the bound it starts from)")
+    need(0.0 < cfg.strategy.norm_bound_quantile < 1.0, "strategy.norm-bound-quantile must be in (0, 1)")
+    need(cfg.strategy.num_malicious_nodes >= 0, "strategy.num-malicious-nodes must be >= 0")
+    need(0.0 <= cfg.strategy.trimmed_beta < 0.5, "strategy.trimmed-beta must be in [0, 0.5)")
+    need(cfg.strategy.multikrum_select >= 1, "strategy.multikrum-select must be >= 1")
     need(cfg.run.progress_every_s >= 0, "run.progress-every-s must be >= 0 seconds (0 = no progress lines)")
     need(not cfg.run.resume or cfg.run.output_dir != "",
          "run.resume needs run.output-dir (the run directory to continue); or use `flowertune run --resume DIR`")

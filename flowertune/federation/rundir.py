@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from flowertune.config import Config, ConfigError
+from flowertune.durable import private_dir, write_text
 from flowertune.eval.leaderboard import MB
 from flowertune.federation.state import StateError, load_state, prune, round_files, save_state
 from flowertune.models.adapter import save_adapter
@@ -84,7 +85,7 @@ class RunDir:
         if (path / METRICS).exists():
             raise FileExistsError(f"{path} already holds a run (metrics.jsonl); choose another run.output-dir, "
                                   f"or continue it with `flowertune run --resume {path}`")
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
         config = {**cfg.to_flat(), "run.output-dir": str(path), "run.resume": False, "run.resume-force": False}
         meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _versions(),
                 "run_key": secrets.token_hex(8)}  # names this run's client-side state; kept across resumes
@@ -120,12 +121,10 @@ class RunDir:
 
     def truncate_metrics(self, server_round: int) -> None:
         """Drop metrics rows after ``server_round`` (a round that ran past the saved state is redone)."""
-        rows = read_metrics(self.path)
-        kept = [r for r in rows if r["round"] <= server_round]
-        if len(kept) != len(rows):
-            tmp = self.path / (METRICS + ".tmp")
-            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-            os.replace(tmp, self.path / METRICS)
+        kept = [r for r in read_metrics(self.path) if r["round"] <= server_round]
+        # rewritten even when nothing is dropped: a torn last line (read_metrics skips it) must not stay in the
+        # file, or the next row would be appended to it
+        write_text(self.path / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def stopped(self, reason: str) -> None:
         """Record why the run stopped early (``flowertune run`` prints it)."""
@@ -149,9 +148,7 @@ class RunDir:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def newest_state(run: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -258,6 +255,18 @@ def communication_mb(run: Path) -> float | None:
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
-    """All metrics lines of a run directory."""
+    """All metrics lines of a run directory; a torn last line (a crash or a full disk mid-write) is left out."""
     p = Path(run) / METRICS
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+    if not p.exists():
+        return []
+    lines = [line for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ConfigError(f"{p}: line {i + 1} is not JSON (only a torn last line is expected after a "
+                                  "crash); the file was altered") from None
+            log.warning("%s: leaving out a torn last line (%d characters)", p, len(line))
+    return rows

@@ -23,10 +23,12 @@ from flowertune.federation.progress import RoundTicker, send_and_receive
 from flowertune.federation.records import message_bytes, to_array_record
 from flowertune.federation.rundir import RunDir, read_metrics
 from flowertune.federation.sinks import Sinks
+from flowertune.federation.stack.base import aggregator, find_layer
+from flowertune.federation.stack.codec import WireCodec
 from flowertune.federation.stack.gate import error_line
 from flowertune.federation.stack.sampling import NodeWaitTimeout
 from flowertune.federation.state import split_prefixed
-from flowertune.federation.strategies import aggregator, describe, export_state, import_state, make_strategy
+from flowertune.federation.strategies import describe, export_state, import_state, make_strategy
 from flowertune.train.schedule import cosine_annealing
 from flowertune.wire import options_from
 
@@ -50,12 +52,15 @@ class NodeDirectory:
 
     timeout: float
     partition: dict[int, int] = field(default_factory=dict)
+    rows: dict[int, int] = field(default_factory=dict)  # training rows each node declared at check-in
     failed: dict[int, str] = field(default_factory=dict)
+    duplicate: dict[int, int] = field(default_factory=dict)  # refused: its partition was held; checks in again later
     new_errors: list[str] = field(default_factory=list)
 
     def refresh(self, grid: Grid) -> None:
         """Check in every connected node not seen before."""
-        new = sorted(n for n in grid.get_node_ids() if n not in self.partition and n not in self.failed)
+        new = sorted(n for n in grid.get_node_ids()
+                     if n not in self.partition and n not in self.failed and n not in self.duplicate)
         if not new:
             return
         msgs = [Message(RecordDict({"config": ConfigRecord({"want": "node-info"})}), dst_node_id=n,
@@ -63,13 +68,26 @@ class NodeDirectory:
         replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(msgs, timeout=self.timeout)}
         for n in new:
             reply = replies.get(n)
-            if reply is None or reply.has_error():
-                why = error_line(reply) if reply is not None else "no reply to the check-in"
-                self.failed[n] = why
-                self.new_errors.append(f"node {n}: {why}")
-                log.error("node %d cannot take part: %s", n, why)
+            why = check_in(reply, set(self.partition.values()))
+            if isinstance(why, tuple):
+                self.partition[n], self.rows[n] = why
+                continue
+            if why.startswith("partition ") and "duplicate" in why:
+                self.duplicate[n] = int(why.split()[1])
             else:
-                self.partition[n] = int(reply.content["info"]["partition-id"])
+                self.failed[n] = why
+            self.new_errors.append(f"node {n}: {why}")
+            log.error("node %d cannot take part: %s", n, why)
+
+    def forget(self, gone: Iterable[int]) -> None:
+        """Nodes no longer connected (a node that comes back checks in again, under a new node id)."""
+        for n in gone:
+            freed = self.partition.pop(n, None)
+            self.rows.pop(n, None)
+            self.failed.pop(n, None)
+            self.duplicate.pop(n, None)
+            # a node refused for holding the same partition checks in again (a restarted SuperNode, say)
+            self.duplicate = {d: p for d, p in self.duplicate.items() if p != freed}
 
     def order(self, node_ids: Iterable[int]) -> list[int]:
         """The usable ones of ``node_ids`` by partition id (stable across runs; node ids are random)."""
@@ -98,6 +116,42 @@ class NodeDirectory:
         return out
 
 
+def check_in(reply: Message | None, taken: set[int]) -> tuple[int, int] | str:
+    """``(partition id, training rows)`` of a node's check-in reply, or why it is refused. Never raises."""
+    if reply is None:
+        return "no reply to the check-in"
+    if reply.has_error():
+        return error_line(reply)
+    try:
+        info = reply.content.config_records["info"]
+        pid, rows = info["partition-id"], info.get("rows", 1)
+    except Exception:  # noqa: BLE001  (whatever a node sends, the check-in refuses it with a reason)
+        return "check-in reply without its 'info' record and partition-id"
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
+        return f"check-in partition-id {str(pid)[:40]!r} is not a non-negative integer"
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        return f"check-in rows {str(rows)[:40]!r} is not a non-negative integer"
+    if pid in taken:
+        return f"partition {pid} is already held by another connected node (a duplicate partition-id)"
+    return pid, rows
+
+
+def check_initial_adapter(arrays: ArrayRecord, adapter_config: Any, cfg: Config) -> str | None:
+    """Why the adapter a client built cannot start the run (rank, finiteness, shape), or None."""
+    rank = adapter_config.get("r") if isinstance(adapter_config, dict) else None
+    if rank != cfg.adapter.r:
+        return f"its adapter_config has r={str(rank)[:20]}, the config asks for model.lora.peft-lora-r={cfg.adapter.r}"
+    if not len(arrays):
+        return "it sent no adapter arrays"
+    for k, v in arrays.items():
+        a = v.numpy()
+        if a.dtype != np.float32 or not np.isfinite(a).all():
+            return f"array {k!r} is not finite fp32"
+        if ("lora_A" in k and a.shape[0] != cfg.adapter.r) or ("lora_B" in k and a.shape[-1] != cfg.adapter.r):
+            return f"array {k!r} has shape {a.shape}, not of rank {cfg.adapter.r}"
+    return None
+
+
 def initial_adapter(grid: Grid, node: int, cfg: Config) -> tuple[ArrayRecord, dict[str, Any], int]:
     """Ask one client for its freshly initialised (seeded) adapter and its PEFT config.
 
@@ -110,18 +164,23 @@ def initial_adapter(grid: Grid, node: int, cfg: Config) -> tuple[ArrayRecord, di
     if not replies or replies[0].has_error():
         raise RunStopped(f"node {node} could not build the initial adapter: "
                          f"{error_line(replies[0]) if replies else 'no reply'}")
-    content = replies[0].content
-    adapter_config = json.loads(str(content.config_records["adapter"]["json"]))
-    return content.array_records["arrays"], adapter_config, message_bytes(replies)
+    try:
+        content = replies[0].content
+        adapter_config = json.loads(str(content.config_records["adapter"]["json"]))
+        arrays = content.array_records["arrays"]
+    except Exception as exc:  # noqa: BLE001
+        raise RunStopped(f"node {node} sent a malformed initial adapter ({type(exc).__name__})") from None
+    why = check_initial_adapter(arrays, adapter_config, cfg)
+    if why is not None:
+        raise RunStopped(f"node {node} could not build the initial adapter: {why}")
+    return arrays, adapter_config, message_bytes(replies)
 
 
-def client_memory(replies: list[Message]) -> dict[str, float | None]:
-    """Largest current and peak RSS (and CUDA peak) over this round's client replies, in MB."""
+def client_memory(client_metrics: dict[int, dict[str, float]]) -> dict[str, float | None]:
+    """Largest current and peak RSS (and CUDA peak) over this round's accepted replies (checked by the gate), MB."""
     out: dict[str, float | None] = {}
     for name in ("rss_mb", "peak_rss_mb", "peak_cuda_mb"):
-        values = [float(m.content["metrics"][name]) for m in replies
-                  if not m.has_error() and "metrics" in m.content.metric_records
-                  and name in m.content["metrics"]]
+        values = [m[name] for m in client_metrics.values() if m.get(name)]
         if values or name != "peak_cuda_mb":
             out[f"client_{name}"] = max(values) if values else None
     return out
@@ -185,7 +244,16 @@ class Progress:
 
 
 def _codec_name(strategy: Any) -> str:
-    return strategy.strategy.codec.name  # the layer under the meter: the wire codec
+    return find_layer(strategy, WireCodec).codec.name
+
+
+def forget_gone(strategy: Any, directory: NodeDirectory, grid: Grid) -> None:
+    """Drop what the server keeps per node (check-in, downlink copy) for nodes no longer connected: a run with
+    churn keeps memory flat; a node that returns checks in again and gets the full adapter first."""
+    gone = (set(directory.partition) | set(directory.failed) | set(directory.duplicate)) - set(grid.get_node_ids())
+    if gone:
+        directory.forget(gone)
+        find_layer(strategy, WireCodec).forget(gone)
 
 
 def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float, cfg: Config,
@@ -197,6 +265,7 @@ def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float
     need = cfg.strategy.min_train_nodes
     errors: list[str] = []
     for attempt in range(cfg.strategy.round_retries + 1):
+        forget_gone(strategy, directory, grid)
         directory.wait(grid, max(cfg.strategy.min_available_nodes, need), cfg.strategy.node_wait_timeout)
         strategy.ctx.attempt = attempt
         config = ConfigRecord({"lr": lr, "run-key": progress.run_key})
@@ -251,6 +320,7 @@ def build_stack(cfg: Config, directory: NodeDirectory) -> Any:
     strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, **options_from(cfg.run.wire_codec, cfg.run))
     strategy.ctx.order = directory.order
     strategy.ctx.partition_of = directory.partition.get
+    strategy.ctx.rows_of = directory.rows.get
     strategy.ctx.node_wait_s = cfg.strategy.node_wait_timeout
     log.info("strategy stack: %s", describe(strategy))
     return strategy
@@ -331,7 +401,7 @@ def metrics_row(out: RoundOutcome, strategy: Any, progress: Progress, directory:
         "bytes_down": traffic.down, "bytes_up": traffic.up, "bytes_round": traffic.down + traffic.up,
         "bytes_cumulative": progress.cumulative, "bytes_eval_down": traffic.eval_down,
         "client_tokens_per_s": tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
-        **client_memory(replies),
+        **client_memory(traffic.client_metrics), "notes": traffic.notes, "dropped": traffic.dropped,
         "round_s": time.perf_counter() - out.t0, "wall_s": progress.wall_s,
     }
 

@@ -1,7 +1,7 @@
 """Crash-safe state files: named arrays plus a JSON header in one safetensors file, written atomically.
 
-A state file is written to a temporary name, fsynced and renamed, so a reader sees either the previous
-file or the complete new one. The header carries a SHA-256 over the JSON and every array's name, dtype,
+A state file is written to a temporary name, fsynced and renamed (and the directory fsynced), after a check
+that the disk has room for it, so a reader sees either the previous file or the complete new one. The header carries a SHA-256 over the JSON and every array's name, dtype,
 shape and bytes: a file that was truncated or altered after the fact is refused (:class:`StateError`),
 never half-loaded. Used for the server's per-round state (``rundir.py``) and a client's wire state.
 """
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from flowertune.durable import write_bytes
 
 FORMAT = 1
 _ROUND = re.compile(r"^round-(\d+)\.safetensors$")
@@ -43,14 +44,7 @@ def save_state(path: Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndar
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     header = {"format": str(FORMAT), "meta": meta_json, "sha256": _digest(meta_json, arrays)}
     data = save(arrays, metadata=header)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, data)  # free space checked first; temp + fsync + rename + directory fsync
 
 
 def load_state(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -2,10 +2,11 @@
 
 From the outside in (each layer holds the next as ``self.strategy``, Flower's wrapper convention)::
 
-    Meter -> WireCodec -> ReplyGate -> [slot: Flower's DP wrappers ...] -> SeededSampling -> FedAvg (Flower's)
+    Meter -> GlobalGuard -> WireCodec -> ReplyGate -> [NormBound] -> [slot: Flower's DP wrappers ...]
+          -> SeededSampling -> FedAvg (Flower's)
 
 The aggregators are Flower's classes, not subclassed (``FedAvg``, ``FedProx``, ``FedAvgM``, ``FedAdam``,
-``FedYogi``), each one catalog entry (``flowertune/catalog.py``) pointing at a factory below. What they
+``FedYogi``; robust: ``FedMedian``, ``FedTrimmedAvg``, ``Krum``, ``MultiKrum``, ``Bulyan``), each one catalog entry (``flowertune/catalog.py``) pointing at a factory below. What they
 carry between rounds (FedAdam's moments, FedAvgM's momentum...) is exported for a resume by
 :func:`export_aggregator`: every attribute holding arrays, whatever the strategy.
 """
@@ -16,16 +17,34 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
 
 from flowertune.catalog import STRATEGIES
 from flowertune.config import StrategyConfig
-from flowertune.federation.records import to_array_record
-from flowertune.federation.stack.base import Layer, StackContext
+from flowertune.federation.stack.base import (
+    Layer,
+    StackContext,
+    export_aggregator,
+    import_aggregator,
+    layers,
+)
 from flowertune.federation.stack.codec import WireCodec
 from flowertune.federation.stack.gate import ReplyGate
+from flowertune.federation.stack.guard import GlobalGuard
 from flowertune.federation.stack.meter import Meter
+from flowertune.federation.stack.normbound import NormBound
 from flowertune.federation.stack.sampling import SeededSampling
 from flowertune.federation.state import split_prefixed
 from flowertune.wire import get_codec
@@ -64,6 +83,27 @@ def fedyogi(c: StrategyConfig) -> Strategy:
     return FedYogi(**_common(c), eta=c.eta, eta_l=c.eta_l, beta_1=c.beta_1, beta_2=c.beta_2, tau=c.tau)
 
 
+# robust aggregators (Flower's): they tolerate strategy.num-malicious-nodes attackers per round
+def fedmedian(c: StrategyConfig) -> Strategy:
+    return FedMedian(**_common(c))
+
+
+def fedtrimmedavg(c: StrategyConfig) -> Strategy:
+    return FedTrimmedAvg(**_common(c), beta=c.trimmed_beta)
+
+
+def krum(c: StrategyConfig) -> Strategy:
+    return Krum(**_common(c), num_malicious_nodes=c.num_malicious_nodes)
+
+
+def multikrum(c: StrategyConfig) -> Strategy:
+    return MultiKrum(**_common(c), num_malicious_nodes=c.num_malicious_nodes, num_nodes_to_select=c.multikrum_select)
+
+
+def bulyan(c: StrategyConfig) -> Strategy:
+    return Bulyan(**_common(c), num_malicious_nodes=c.num_malicious_nodes)
+
+
 Wrap = Callable[[Strategy], Strategy]
 
 
@@ -74,52 +114,15 @@ def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap]
     inner: Strategy = SeededSampling(STRATEGIES.get(cfg.name)(cfg), ctx)
     for wrap in reversed(slot):
         inner = wrap(inner)
-    return Meter(WireCodec(ReplyGate(inner, ctx), ctx, get_codec(codec, **codec_options)), ctx)
-
-
-# -- resume state of Flower's aggregator -------------------------------------------------------------------
-def export_aggregator(strategy: Strategy) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """What a Flower strategy carries between rounds: every attribute holding arrays (an ``ArrayRecord``, a
-    dict of arrays or a list of arrays); the rest is rebuilt from the config."""
-    kinds: dict[str, Any] = {}
-    arrays: dict[str, np.ndarray] = {}
-    for name, value in vars(strategy).items():
-        if isinstance(value, ArrayRecord):
-            value, kind = {k: v.numpy() for k, v in value.items()}, "arrayrecord"
-        elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
-            kind = "dict"
-        elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
-            value, kind = {str(i): v for i, v in enumerate(value)}, "list"
-        else:
-            continue
-        kinds[name] = {"kind": kind, "keys": list(value)}  # key order kept: safetensors sorts names
-        arrays.update({f"{name}/{k}": v for k, v in value.items()})
-    return kinds, arrays
-
-
-def import_aggregator(strategy: Strategy, kinds: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Inverse of :func:`export_aggregator`."""
-    for name, spec in kinds.items():
-        part = split_prefixed(arrays, name)
-        ordered = {k: part[k] for k in spec["keys"]}
-        if spec["kind"] == "arrayrecord":
-            setattr(strategy, name, to_array_record(ordered))
-        elif spec["kind"] == "dict":
-            setattr(strategy, name, ordered)
-        else:
-            setattr(strategy, name, list(ordered.values()))
+    if cfg.norm_bound > 0:
+        inner = NormBound(inner, ctx, cfg.norm_bound, cfg.norm_bound_adaptive, cfg.norm_bound_quantile)
+    inner = ReplyGate(inner, ctx, cfg.max_examples_per_node)
+    inner = WireCodec(inner, ctx, get_codec(codec, **codec_options))
+    return Meter(GlobalGuard(inner, ctx, cfg.max_global_growth), ctx)
 
 
 # -- the stack as a whole ----------------------------------------------------------------------------------
 AGGREGATOR_STATE = "strategy"  # the aggregator's resume state name (as run directories have always stored it)
-
-
-def layers(top: Strategy) -> list[Strategy]:
-    """The stack from ``top`` down to Flower's aggregator (every wrapper holds the next as ``.strategy``)."""
-    out = [top]
-    while hasattr(out[-1], "strategy"):
-        out.append(out[-1].strategy)
-    return out
 
 
 def describe(top: Strategy) -> str:
@@ -152,8 +155,3 @@ def import_state(top: Strategy, meta: dict[str, Any], arrays: dict[str, np.ndarr
             s.import_state(meta[s.state_name], split_prefixed(arrays, s.state_name))
         elif not isinstance(s, Layer) and not hasattr(s, "strategy") and AGGREGATOR_STATE in meta:
             import_aggregator(s, meta[AGGREGATOR_STATE], split_prefixed(arrays, AGGREGATOR_STATE))
-
-
-def aggregator(top: Strategy) -> Strategy:
-    """Flower's aggregator at the bottom of the stack."""
-    return layers(top)[-1]

@@ -22,6 +22,7 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
+from flowertune.config import ConfigError
 from flowertune.home import flowertune_home
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,19 @@ def call(node_key: str, task: str, *args: Any, idle_timeout: float = 900.0, star
         conn.send((task, args))
         ok, value = conn.recv()
     if not ok:
-        raise RuntimeError(f"flowertune worker task {task!r} failed:\n{value}")
+        kind, public, trace = value
+        log.error("flowertune worker task %r failed:\n%s", task, trace)  # the traceback stays on this node
+        raise WorkerTaskError(kind, public)
     return value
+
+
+class WorkerTaskError(RuntimeError):
+    """A task failed in the resident worker: the exception's type, and its message when flowertune wrote it
+    (a ``ConfigError``: safe to tell the server); the traceback is logged on the node only."""
+
+    def __init__(self, kind: str, public: str) -> None:
+        super().__init__(f"{kind}: {public}" if public else kind)
+        self.kind, self.public = kind, public
 
 
 def serve(addr: str, idle_timeout: float, owner_pid: int = 0, owner_started: str = "", poll_s: float = 2.0) -> None:
@@ -144,8 +156,9 @@ def serve(addr: str, idle_timeout: float, owner_pid: int = 0, owner_started: str
                 task, args = conn.recv()
                 try:
                     conn.send((True, TASKS[task](*args)))
-                except Exception:  # noqa: BLE001 - reported to the ClientApp; the worker keeps serving
-                    conn.send((False, traceback.format_exc()))
+                except Exception as exc:  # noqa: BLE001 - reported to the ClientApp; the worker keeps serving
+                    public = str(exc).splitlines()[0][:300] if isinstance(exc, ConfigError) and str(exc) else ""
+                    conn.send((False, (type(exc).__name__, public, traceback.format_exc())))
             last_work = time.monotonic()
     finally:
         listener.close()

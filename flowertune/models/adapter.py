@@ -7,7 +7,6 @@ the wire codec decides what is actually sent.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from flowertune.config import AdapterConfig, ModelConfig
+from flowertune.durable import check_space, swap_dir_in
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -104,24 +104,19 @@ def save_adapter(arrays: Mapping[str, np.ndarray], config: Mapping[str, Any], di
     """Write a standard PEFT adapter directory atomically (no half-written checkpoint after a crash).
 
     Written from the arrays alone: the base model is not needed. The directory appears complete or
-    not at all (files go to a temp dir that is renamed into place).
+    not at all (files go to a temp dir, fsynced, swapped into place with no gap: ``durable.swap_dir_in``).
     """
     from safetensors.numpy import save_file
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    check_space(directory.parent, sum(int(np.asarray(v).size) * 4 for v in arrays.values()))
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()},
                   str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        swap_dir_in(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

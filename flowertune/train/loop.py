@@ -105,7 +105,8 @@ def train_round(model: Any, examples: Sequence[Example], cfg: TrainConfig, lr: f
     real tokens so far, seconds so far)`` is called after every optimizer step (progress lines).
     """
     if not examples:
-        raise ValueError("this client has no training examples; give it more data or fewer partitions")
+        raise ConfigError("this client has no training examples; give it more data or fewer partitions (or a "
+                          "larger train.seq-length)")
     torch.manual_seed(seed)  # dropout draws: the same round on the same partition is the same computation
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]

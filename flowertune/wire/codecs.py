@@ -376,8 +376,13 @@ class DeltaTopKInt8(DeltaCodec):
         _expect(f"{key}{SEP}q", q, np.int8, (q.size,))
         gaps = _expect(f"{key}{SEP}idx", parts["idx"], np.uint8, q.shape)
         scale = _expect(f"{key}{SEP}scale", parts["scale"], _F32, (1,))
+        n = math.prod(shape)
+        if q.size > n + n // 255 + 1:  # every entry once, plus the filler entries that bridge long gaps
+            raise ValueError(f"payload {key}{SEP}q has {q.size} entries for the {n} of {key!r}")
+        if q.size > 1 and not gaps[1:].all():
+            raise ValueError(f"payload {key}{SEP}idx repeats a position (a gap of 0 after the first entry)")
         positions = np.cumsum(gaps, dtype=np.int64)
-        flat = np.zeros(math.prod(shape), dtype=_F32)
+        flat = np.zeros(n, dtype=_F32)
         if positions.size and positions[-1] >= flat.size:
             raise ValueError(f"payload {key}{SEP}idx points past the {flat.size} entries of {key!r}")
         flat[positions] = q.astype(_F32) * scale[0]

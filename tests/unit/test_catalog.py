@@ -15,7 +15,8 @@ from flowertune.registry import Registry
 from tests.conftest import REPO
 
 KINDS = {
-    "STRATEGIES": {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"},
+    "STRATEGIES": {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum",
+                   "multikrum", "bulyan"},
     "PARTITIONERS": {"iid", "dirichlet"},
     "FORMATS": {"medical", "finance", "code", "general-nlp", "generic"},
     "FRAMES": {"auto", "chat", "alpaca", "finance", "qa", "code"},

@@ -27,7 +27,7 @@ PACKAGE = REPO / "flowertune"
 LEVELS = [  # (module prefix, level); the longest matching prefix wins
     ("flowertune.config", 0), ("flowertune.layering", 0), ("flowertune.registry", 0), ("flowertune.catalog", 0),
     ("flowertune.presets", 0), ("flowertune.recipes", 0), ("flowertune.wire", 0), ("flowertune.logs", 0),
-    ("flowertune.memory", 0), ("flowertune.home", 0),
+    ("flowertune.memory", 0), ("flowertune.home", 0), ("flowertune.durable", 0),
     ("flowertune.prompts", 1), ("flowertune.data", 1), ("flowertune.models", 1), ("flowertune.train", 1),
     ("flowertune.eval", 1),
     ("flowertune.federation", 2), ("flowertune.launch", 2), ("flowertune.preflight", 2), ("flowertune.report", 2), ("flowertune.sweep", 2),

@@ -89,7 +89,7 @@ def test_compressed_uplink_is_decoded_before_aggregation(codec):
     assert msgs[0].content["config"]["wire-codec"] == codec
     c = get_codec(codec)
     payloads = [c.encode(arrays(v), arrays(0.0), None)[0] for v in (1.0, 3.0)]
-    replies = [Message(content=RecordDict({"arrays": to_array_record(p), "metrics": MetricRecord({"num-examples": 10})}),
+    replies = [Message(content=RecordDict({"arrays": to_array_record(p), "metrics": MetricRecord({"num-examples": 10, "train_loss": 1.0})}),
                        reply_to=m) for m, p in zip(msgs, payloads)]
     agg, _ = s.aggregate_train(1, replies)
     np.testing.assert_allclose(from_array_record(agg)["a.lora_A.weight"], 2.0, rtol=1e-2)
@@ -117,4 +117,5 @@ def test_fedprox_sends_mu_and_server_optimizers_run():
         _, (agg, _) = round_trip(s, [(arrays(1.0), 10), (arrays(1.0), 10)])
         out = from_array_record(agg)["a.lora_A.weight"]
         assert np.isfinite(out).all() and (out > 0).all()  # moved from 0 towards the clients' 1.0
-    assert set(STRATEGIES.names()) == {"fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm"}
+    assert set(STRATEGIES.names()) == {"fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "fedmedian", "fedtrimmedavg",
+                                       "krum", "multikrum", "bulyan"}

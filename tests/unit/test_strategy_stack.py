@@ -23,9 +23,11 @@ from flowertune.config import StrategyConfig
 from flowertune.federation import wire_client
 from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.server_loop import NodeDirectory, Progress
-from flowertune.federation.stack.base import Layer
+from flowertune.federation.stack.base import Layer, aggregator, find_layer
+from flowertune.federation.stack.codec import WireCodec
+from flowertune.federation.stack.gate import ReplyGate
 from flowertune.federation.state import load_state
-from flowertune.federation.strategies import aggregator, describe, export_state, make_strategy
+from flowertune.federation.strategies import describe, export_state, make_strategy
 from tests.unit.test_strategy_parity import NODES, SHAPES, FakeGrid, client_reply, digest, initial
 
 LEGACY = Path(__file__).parent / "golden" / "legacy_state_fedadam_delta_int8.safetensors"
@@ -76,7 +78,7 @@ def error_reply(msg: Message) -> Message:
 
 def test_the_default_stack_is_described_from_the_outside_in():
     s = make_strategy(StrategyConfig(name="fedadam", seed=3), "delta-topk-int8", fraction=0.2)
-    assert describe(s) == "meter -> wire(delta-topk-int8, fraction=0.2) -> gate -> sampling(seed 3) -> FedAdam"
+    assert describe(s) == "meter -> guard(growth <= 10x) -> wire(delta-topk-int8, fraction=0.2) -> gate -> sampling(seed 3) -> FedAdam"
     assert type(aggregator(s)) is FedAdam  # Flower's own class, not a subclass
 
 
@@ -121,8 +123,8 @@ def test_the_clipped_update_is_the_decoded_one_scaled_not_the_encoded_payload():
 
     plain = make_strategy(StrategyConfig(fraction_train=0.5, min_train_nodes=1, seed=7), "delta-int8")
     clipped = make_strategy(StrategyConfig(fraction_train=0.5, min_train_nodes=1, seed=7), "delta-int8", slot=[dp])
-    plain_spy = Spy(plain.strategy.strategy.strategy)  # above the sampling: what FedAvg would get unclipped
-    plain.strategy.strategy.strategy = plain_spy
+    gate = find_layer(plain, ReplyGate)
+    plain_spy = gate.strategy = Spy(gate.strategy)  # above the sampling: what FedAvg would get unclipped
     for s in (plain, clipped):
         ctxs = contexts()
         msgs = list(s.configure_train(1, to_array_record(initial()), ConfigRecord({"lr": 0.1}), FakeGrid()))
@@ -164,7 +166,8 @@ def test_an_error_reply_leaves_no_mirrored_copy_for_that_node():
     replies = [error_reply(m) if i == 0 else client_reply(m, ctxs[m.metadata.dst_node_id], 1) for i, m in enumerate(msgs)]
     _agg, _ = s.aggregate_train(1, replies)
     failed = msgs[0].metadata.dst_node_id
-    assert failed not in s.strategy.downlink.copies and len(s.strategy.downlink.copies) == 3
+    copies = find_layer(s, WireCodec).downlink.copies
+    assert failed not in copies and len(copies) == 3
 
 
 def test_each_layer_exports_its_state_under_its_own_name():
@@ -223,7 +226,7 @@ def test_the_wire_mod_hands_fp32_to_fixedclipping_mod_and_the_handler_and_encode
 
     from flowertune.client_app import app
 
-    assert app._mods[0] is wire_client.wire_mod  # the real ClientApp runs it first
+    assert app._mods[1] is wire_client.wire_mod  # the real ClientApp runs it right after error_mod
 
     bound, seen = 0.05, []
     s = make_strategy(StrategyConfig(fraction_train=1.0, min_train_nodes=1, seed=7), "delta-int8",
@@ -248,10 +251,10 @@ def test_the_wire_mod_hands_fp32_to_fixedclipping_mod_and_the_handler_and_encode
         replies = [client(m, ctxs[m.metadata.dst_node_id]) for m in msgs]
         assert not any(r.has_error() for r in replies), [r.error for r in replies if r.has_error()]
         assert all(k.endswith(("::q", "::scale")) for r in replies for k in r.content["arrays"])  # encoded
-        spy = Spy(s.strategy.strategy.strategy)
-        s.strategy.strategy.strategy = spy
+        gate = find_layer(s, ReplyGate)
+        spy = gate.strategy = Spy(gate.strategy)
         new, _ = s.aggregate_train(rnd, replies)
-        s.strategy.strategy.strategy = spy.strategy
+        gate.strategy = spy.strategy
         for arrays in spy.seen:
             # the server decodes the clipped update (int8 adds at most a small error on top of the bound)
             assert norm({k: arrays[k] - glob[k] for k in glob}) <= bound * 1.02

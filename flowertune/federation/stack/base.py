@@ -17,6 +17,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from flowertune.federation.records import to_array_record
+from flowertune.federation.state import split_prefixed
+
 
 @dataclass
 class RoundTraffic:
@@ -29,6 +32,9 @@ class RoundTraffic:
     accepted_nodes: set[int] = field(default_factory=set)
     rejected: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the gate changed in accepted replies (capped, dropped)
+    client_metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # accepted replies' checked metrics
+    dropped: str | None = None  # why the round's aggregate was not kept (the global guard)
 
     def reset(self, down: int) -> None:
         self.__init__(down=down)  # type: ignore[misc]
@@ -45,6 +51,7 @@ class StackContext:
     seed: int = 0
     order: Callable[[Iterable[int]], list[int]] = _partition_order  # usable nodes in sampling order
     partition_of: Callable[[int], int | None] = lambda node: None  # a node's partition (resume state key)
+    rows_of: Callable[[int], int | None] = lambda node: None  # training rows a node declared at check-in
     node_wait_s: float = float("inf")  # how long Flower's sampling may wait for nodes
     attempt: int = 0  # > 0 when a round is resampled after too few usable updates
     traffic: RoundTraffic = field(default_factory=RoundTraffic)
@@ -91,3 +98,57 @@ class Layer(Strategy):
 
     def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """Inverse of :meth:`export_state`."""
+
+
+def layers(top: Strategy) -> list[Strategy]:
+    """The stack from ``top`` down to Flower's aggregator (every wrapper holds the next as ``.strategy``)."""
+    out = [top]
+    while hasattr(out[-1], "strategy"):
+        out.append(out[-1].strategy)
+    return out
+
+
+def find_layer(top: Strategy, kind: type) -> Any:
+    """The layer of type ``kind`` in the stack under ``top`` (``LookupError`` if there is none)."""
+    for s in layers(top):
+        if isinstance(s, kind):
+            return s
+    raise LookupError(f"no {kind.__name__} layer in the stack")
+
+
+def aggregator(top: Strategy) -> Strategy:
+    """Flower's aggregator at the bottom of the stack."""
+    return layers(top)[-1]
+
+
+# -- resume state of Flower's aggregator -------------------------------------------------------------------
+def export_aggregator(strategy: Strategy) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """What a Flower strategy carries between rounds: every attribute holding arrays (an ``ArrayRecord``, a
+    dict of arrays or a list of arrays); the rest is rebuilt from the config."""
+    kinds: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in vars(strategy).items():
+        if isinstance(value, ArrayRecord):
+            value, kind = {k: v.numpy() for k, v in value.items()}, "arrayrecord"
+        elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+            kind = "dict"
+        elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+            value, kind = {str(i): v for i, v in enumerate(value)}, "list"
+        else:
+            continue
+        kinds[name] = {"kind": kind, "keys": list(value)}  # key order kept: safetensors sorts names
+        arrays.update({f"{name}/{k}": v for k, v in value.items()})
+    return kinds, arrays
+
+
+def import_aggregator(strategy: Strategy, kinds: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Inverse of :func:`export_aggregator`."""
+    for name, spec in kinds.items():
+        part = split_prefixed(arrays, name)
+        ordered = {k: part[k] for k in spec["keys"]}
+        if spec["kind"] == "arrayrecord":
+            setattr(strategy, name, to_array_record(ordered))
+        elif spec["kind"] == "dict":
+            setattr(strategy, name, ordered)
+        else:
+            setattr(strategy, name, list(ordered.values()))

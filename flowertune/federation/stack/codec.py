@@ -22,6 +22,7 @@ from flowertune.federation.state import split_prefixed
 from flowertune.wire import Codec, Downlink, NodeCopy, WireHeader
 
 log = logging.getLogger(__name__)
+_NPY_HEADER = 128  # a .npy header of a 1-3 dimensional array (numpy pads it to a multiple of 64)
 
 
 class WireCodec(Layer):
@@ -62,15 +63,32 @@ class WireCodec(Layer):
                                message_type=MessageType.TRAIN))
         return out
 
+    def max_payload_bytes(self) -> int:
+        """The most bytes a well-formed reply's payload can take: the whole adapter in fp32, plus the ``.npy``
+        headers and names of up to three parts per tensor (every codec's payload is smaller than fp32)."""
+        return sum(4 * a.size + 3 * (_NPY_HEADER + len(k) + 16) for k, a in self._global.items())
+
     def decode(self, msg: Message) -> str | None:
-        """Replace the reply's payload by full fp32 arrays; the reason when it cannot be decoded."""
+        """Replace the reply's payload by full fp32 arrays; the reason when it cannot be decoded. Never raises."""
         if msg.has_error() or "arrays" not in msg.content.array_records:
             return None  # the gate deals with it
         try:
+            if not len(msg.content.array_records["arrays"]):
+                return "empty payload (a trained adapter always changes)"
+            size = sum(rec.count_bytes() for rec in msg.content.array_records.values())
+            if size > self.max_payload_bytes():
+                return f"payload of {size} bytes, more than the {self.max_payload_bytes()} the adapter can take"
             arrays = self.codec.decode(from_array_record(msg.content.array_records["arrays"]), self._global)
         except (ValueError, KeyError) as exc:
-            return f"cannot decode the {self.codec.name} update: {exc}"
-        msg.content = RecordDict({**msg.content.metric_records, "arrays": to_array_record(arrays)})
+            return f"cannot decode the {self.codec.name} update: {str(exc)[:200]}"
+        except Exception as exc:  # noqa: BLE001  (a hostile payload must not stop the round)
+            return f"cannot decode the {self.codec.name} update ({type(exc).__name__})"
+        extra = [k for k in msg.content.array_records if k != "arrays"]
+        content = RecordDict({**msg.content.metric_records, **msg.content.config_records,
+                              "arrays": to_array_record(arrays)})
+        for k in extra:  # kept for the gate to see (and refuse)
+            content[k] = msg.content.array_records[k]
+        msg.content = content
         return None
 
     def aggregate_train(self, server_round: int,
@@ -88,6 +106,12 @@ class WireCodec(Layer):
         # a node whose reply was not accepted gets the full adapter next time
         self.downlink.settle(self.ctx.traffic.accepted_nodes)
         return result
+
+    def forget(self, nodes: set[int]) -> None:
+        """Nodes that are gone: their copies are dropped (the mirror does not grow with churn)."""
+        for n in nodes:
+            self.downlink.copies.pop(n, None)
+            self.downlink.pending.pop(n, None)
 
     # -- resume state: the mirror by partition ------------------------------------------------------------
     def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
