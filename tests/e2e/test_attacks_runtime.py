@@ -20,7 +20,7 @@ ATTACKS = {1: "gpu-metrics", 2: "metrics-list", 3: "metrics-extra-key", 4: "seco
 
 def hostile_app(directory):
     directory.mkdir()
-    source = (REPO / "tests/e2e/hostile_app.py").read_text()
+    source = (REPO / "benchmarks/_hostile_app.py").read_text()
     (directory / "hostile_app.py").write_text(source.replace("ATTACKS: dict[int, str] = {}", f"ATTACKS = {ATTACKS!r}"))
     (directory / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
