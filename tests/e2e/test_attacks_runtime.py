@@ -6,11 +6,11 @@ need no runtime — scaled, sign-flipped, NaN updates, num-examples 1e9 — are 
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 
 import numpy as np
 
-from flowertune.config import pyproject_section
 from tests.conftest import REPO
 from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning, read_jsonl, tiny_overrides
 
@@ -18,16 +18,12 @@ ATTACKS = {1: "gpu-metrics", 2: "metrics-list", 3: "metrics-extra-key", 4: "seco
            6: "check-in-garbage", 7: "duplicate-partition"}  # partition 0 is honest (it builds the initial adapter)
 
 
-def hostile_app(directory):
-    directory.mkdir()
-    source = (REPO / "benchmarks/_hostile_app.py").read_text()
-    (directory / "hostile_app.py").write_text(source.replace("ATTACKS: dict[int, str] = {}", f"ATTACKS = {ATTACKS!r}"))
-    (directory / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        '[project]\nname = "flowertune-attacks"\nversion = "0.1.0"\ndependencies = []\n\n'
-        '[tool.flwr.app]\npublisher = "flowertune-tests"\n\n[tool.flwr.app.components]\n'
-        'serverapp = "flowertune.server_app:app"\nclientapp = "hostile_app:app"\n\n' + pyproject_section())
-    return directory
+def hostile_app(root):
+    """The generated Flower app of benchmarks/attacks.py (flowertune's ServerApp, the hostile ClientApp)."""
+    spec = importlib.util.spec_from_file_location("flowertune_attacks_bench", REPO / "benchmarks" / "attacks.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.app_dir(root, ATTACKS)
 
 
 def test_hostile_nodes_cannot_stop_or_capture_the_run(tmp_path, tiny_model_dir, tiny_data_file):
@@ -39,7 +35,7 @@ def test_hostile_nodes_cannot_stop_or_capture_the_run(tmp_path, tiny_model_dir, 
     text = subprocess.run([str(BIN / "flowertune"), "presets", "--run-config", "quickstart", *user], env=env,
                           capture_output=True, text=True, check=True, timeout=120).stdout.strip()
     try:
-        proc = subprocess.run([str(BIN / "flwr"), "run", str(hostile_app(tmp_path / "app")), "--run-config", text,
+        proc = subprocess.run([str(BIN / "flwr"), "run", str(hostile_app(tmp_path)), "--run-config", text,
                                "--stream", "--federation-config", "num-supernodes=8"], env=env, capture_output=True,
                               text=True, timeout=1200, check=False)
     finally:
