@@ -26,7 +26,7 @@ def hostile_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     if msg.metadata.message_type == MessageType.QUERY:
         if str(msg.content["config"].get("want", "")) == "node-info":
             if kind == "check-in-garbage":
-                return Message(RecordDict({"info": ConfigRecord({"partition-id": "x"})}), reply_to=msg)
+                return Message(RecordDict({"info": ConfigRecord({"partition-id": "x", "rows": 10})}), reply_to=msg)
             if kind == "duplicate-partition":  # claims the partition another node holds
                 return Message(RecordDict({"info": ConfigRecord({"partition-id": 0, "rows": 10})}), reply_to=msg)
         return call_next(msg, context)

@@ -67,7 +67,7 @@ def uses_worker(cfg: Config, node_config: Mapping[str, Any]) -> bool:
     each message in a fresh process, off in simulation; ``auto`` left unresolved means off)."""
     mode = str(node_config.get("client-worker", cfg.run.client_worker))
     if mode not in ("on", "off", "auto"):
-        raise ValueError(f"node config client-worker={mode!r}: give on or off")
+        raise ConfigError(f"node config client-worker={mode!r}: give on or off")
     return mode == "on"
 
 

@@ -124,13 +124,13 @@ def check_in(reply: Message | None, taken: set[int]) -> tuple[int, int] | str:
         return error_line(reply)
     try:
         info = reply.content.config_records["info"]
-        pid, rows = info["partition-id"], info.get("rows", 1)
+        pid, rows = info["partition-id"], info["rows"]
     except Exception:  # noqa: BLE001  (whatever a node sends, the check-in refuses it with a reason)
-        return "check-in reply without its 'info' record and partition-id"
+        return "check-in reply without its 'info' record, partition-id and rows"
     if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
         return f"check-in partition-id {str(pid)[:40]!r} is not a non-negative integer"
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
-        return f"check-in rows {str(rows)[:40]!r} is not a non-negative integer"
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        return f"check-in rows {str(rows)[:40]!r} is not a positive integer"
     if pid in taken:
         return f"partition {pid} is already held by another connected node (a duplicate partition-id)"
     return pid, rows

@@ -11,7 +11,7 @@ import pytest
 
 from flowertune.cli import main
 from flowertune.client_app import uses_worker
-from flowertune.config import Config, from_flat
+from flowertune.config import Config, ConfigError, from_flat
 
 
 def dry_run(*argv: str) -> dict[str, str]:
@@ -45,5 +45,5 @@ def test_the_node_config_overrides_the_run(run_mode, node_config, worker):
 
 
 def test_a_wrong_node_config_value_is_refused_naming_the_choices():
-    with pytest.raises(ValueError, match="client-worker='yes'.*on or off"):
+    with pytest.raises(ConfigError, match="client-worker='yes'.*on or off"):
         uses_worker(cfg("on"), {"client-worker": "yes"})

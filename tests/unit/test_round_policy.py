@@ -51,7 +51,7 @@ class ScriptedGrid:
                     out.append(Message(Error(code=0, reason=f"Traceback...\nValueError: {self.checkin[node]}"),
                                        reply_to=m))
                 else:
-                    out.append(Message(RecordDict({"info": ConfigRecord({"partition-id": node - 1})}), reply_to=m))
+                    out.append(Message(RecordDict({"info": ConfigRecord({"partition-id": node - 1, "rows": 10})}), reply_to=m))
                 continue
             how = self.behaviour.get(node, "ok")
             if how == "silent":

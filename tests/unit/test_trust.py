@@ -264,9 +264,11 @@ def test_check_in_refuses_garbage_and_duplicates_with_a_reason():
     assert check_in(_info(**{"partition-id": 3, "rows": 40}), set()) == (3, 40)
     assert "no reply" in check_in(None, set())
     assert "duplicate" in check_in(_info(**{"partition-id": 3, "rows": 40}), {3})
-    assert "not a non-negative integer" in check_in(_info(**{"partition-id": "x"}), set())
-    assert "not a non-negative integer" in check_in(_info(**{"partition-id": -1}), set())
-    assert "not a non-negative integer" in check_in(_info(**{"partition-id": 1, "rows": "many"}), set())
+    assert "not a non-negative integer" in check_in(_info(**{"partition-id": "x", "rows": 4}), set())
+    assert "not a non-negative integer" in check_in(_info(**{"partition-id": -1, "rows": 4}), set())
+    assert "not a positive integer" in check_in(_info(**{"partition-id": 1, "rows": "many"}), set())
+    assert "not a positive integer" in check_in(_info(**{"partition-id": 1, "rows": 0}), set())  # no escape from the cap
+    assert "without its 'info'" in check_in(_info(**{"partition-id": 1}), set())  # rows are part of the check-in
     bare = Message(RecordDict({"config": ConfigRecord({"want": "node-info"})}), dst_node_id=5, message_type="query")
     assert "without its 'info'" in check_in(Message(RecordDict({}), reply_to=bare), set())
 

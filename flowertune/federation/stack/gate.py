@@ -106,7 +106,7 @@ class ReplyGate(Layer):
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def cap(self, node: int) -> float | None:
-        caps = [c for c in (self.ctx.rows_of(node), self.max_examples or None) if c]
+        caps = [c for c in (self.ctx.rows_of(node), self.max_examples or None) if c is not None]
         return float(min(caps)) if caps else None
 
     def check_reply(self, msg: Message) -> tuple[RecordDict, list[str]]:
