@@ -12,7 +12,7 @@ guard at 10x), ``norm-bound`` (adaptive update-norm bounding, median quantile), 
 
     python benchmarks/attacks.py                                   # embedded model, shipped medical sample
     python benchmarks/attacks.py --attacks none,scale100,sign-flip --defenses fedavg-undefended,fedmedian
-    python benchmarks/attacks.py --quick                           # tiny random model, smoke run
+    python benchmarks/attacks.py --quick                           # tiny random model, one run (smoke)
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
-    ap.add_argument("--quick", action="store_true", help="tiny random model, 4 nodes, 1 round, fedmedian without "
-                                                           "and with a x100 attacker (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="tiny random model, 4 nodes, 1 round, fedmedian with a "
+                                                           "x100 attacker (smoke run: one Flower run)")
     args = ap.parse_args()
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
@@ -149,7 +149,7 @@ def main() -> None:
 
         base.update({"model.name": tiny_model_dir(root), "num-server-rounds": 1, "train.eval-every-round": 1,
                      "train.save-every-round": 1, "model.lora.peft-lora-r": 4})
-        attacks, defenses, args.nodes = ["none", "scale100"], ["fedmedian"], 4
+        attacks, defenses, args.nodes = ["scale100"], ["fedmedian"], 4
         args.hostile = min(args.hostile, args.nodes - 1)
         base["strategy.min-available-nodes"] = args.nodes - 2
     results = []
