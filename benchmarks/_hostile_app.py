@@ -32,6 +32,8 @@ def hostile_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
         return call_next(msg, context)
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
+    if kind == "absent":  # the honest baseline without this node's update: it evaluates, but sits training out
+        raise RuntimeError("this node sits the training out")
     glob = {k: v.numpy().copy() for k, v in msg.content["arrays"].items()}
     reply = call_next(msg, context)
     if reply.has_error():

@@ -6,13 +6,19 @@ partition ``--hostile`` attacks, one attack per run, under one defense per run. 
 and attack: rounds completed, the final held-out eval loss and its ratio to the same defense's run without an
 attack (and to undefended FedAvg's), and how many replies were rejected / errors / rounds dropped.
 
-Defenses: ``fedavg-undefended`` (FedAvg, no global guard), ``defaults`` (FedAvg + the reply gate + the global
-guard at 10x), ``norm-bound`` (adaptive update-norm bounding, median quantile), ``fedmedian``, ``krum``
-(1 attacker tolerated), ``fedtrimmedavg``.
+Defenses: ``fedavg-undefended`` (FedAvg with only the reply gate, which cannot be turned off: no global guard,
+no median norm bound, no direction check), ``defaults`` (FedAvg + the reply gate + the direction check + the
+median norm bound at 2x + the global guard at 10x), and on top of the defaults: ``norm-bound`` (adaptive
+update-norm bounding, median quantile), ``fedmedian``, ``krum`` (1 attacker tolerated), ``fedtrimmedavg``.
 
     python benchmarks/attacks.py                                   # embedded model, shipped medical sample
     python benchmarks/attacks.py --attacks none,scale100,sign-flip --defenses fedavg-undefended,fedmedian
-    python benchmarks/attacks.py --quick                           # tiny random model, one run (smoke)
+    python benchmarks/attacks.py --quick    # tiny random model, one run of "mixed" under the defaults
+
+``mixed`` puts seven hostile behaviours in one run, one per partition 1-7 (8 nodes at least): GPU-style
+metrics from an honest node, a list-valued num-examples, an extra metric key, a second metric record, an
+oversize payload, garbage at check-in and a duplicate partition id. ``--quick`` (that run, tiny random Llama,
+2 rounds) is run and checked by tests/e2e/test_attacks_runtime.py.
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BIN = Path(sys.executable).parent
 
-ATTACKS = ["none", "scale100", "sign-flip", "nan", "num-examples-1e9", "num-examples-inf", "oversize",
+ATTACKS = ["absent", "none", "mixed", "scale100", "sign-flip", "nan", "num-examples-1e9", "num-examples-inf", "oversize",
            "metrics-list", "metrics-extra-key", "second-record", "duplicate-partition", "check-in-garbage",
            "gpu-metrics"]
+MIXED = {1: "gpu-metrics", 2: "metrics-list", 3: "metrics-extra-key", 4: "second-record", 5: "oversize",
+         6: "check-in-garbage", 7: "duplicate-partition"}  # partition 0 is honest: it builds the initial adapter
 DEFENSES = {
-    "fedavg-undefended": {"strategy.name": "fedavg", "strategy.max-global-growth": 0.0},
+    "fedavg-undefended": {"strategy.name": "fedavg", "strategy.max-global-growth": 0.0,
+                          "strategy.norm-bound-median": 0.0, "strategy.min-cosine-to-median": -1.0},
     "defaults": {},
     "norm-bound": {"strategy.norm-bound": 1.0, "strategy.norm-bound-adaptive": True},
     "fedmedian": {"strategy.name": "fedmedian"},
@@ -94,7 +103,7 @@ def run_one(root: Path, base: dict, defense: str, attack: str, hostile: int, nod
     env = env_for(home)
     text = subprocess.run([str(BIN / "flowertune"), "presets", "--run-config", "quickstart", *user], env=env,
                           capture_output=True, text=True, check=True, timeout=120).stdout.strip()
-    app = app_dir(root, {} if attack == "none" else {hostile: attack})
+    app = app_dir(root, MIXED if attack == "mixed" else {} if attack == "none" else {hostile: attack})
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([str(BIN / "flwr"), "run", str(app), "--run-config", text, "--stream",
@@ -122,9 +131,10 @@ def main() -> None:
     ap.add_argument("--hostile", type=int, default=7, help="partition id of the hostile node (0 builds the adapter)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=None, help="constant learning rate (default: the quickstart's cosine)")
     ap.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
-    ap.add_argument("--quick", action="store_true", help="tiny random model, 4 nodes, 1 round, fedmedian with a "
-                                                           "x100 attacker (smoke run: one Flower run)")
+    ap.add_argument("--quick", action="store_true", help="tiny random model, 8 nodes, 2 rounds, the mixed attacks "
+                                                           "under the defaults (one Flower run)")
     args = ap.parse_args()
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
@@ -134,8 +144,12 @@ def main() -> None:
     for d in defenses:
         if d not in DEFENSES:
             raise SystemExit(f"--defenses: unknown defense {d!r}; valid: {', '.join(DEFENSES)}")
+    if args.quick:
+        attacks, defenses, args.nodes, args.rounds = ["mixed"], ["defaults"], 8, 2
     if not 0 < args.hostile < args.nodes:
         raise SystemExit(f"--hostile must be in 1..{args.nodes - 1} (partition 0 builds the initial adapter)")
+    if "mixed" in attacks and args.nodes <= max(MIXED):
+        raise SystemExit(f"--attacks mixed needs --nodes {max(MIXED) + 1} or more (one partition per behaviour)")
     root = args.out or Path(tempfile.mkdtemp(prefix="flowertune-attacks-"))
     root.mkdir(parents=True, exist_ok=True)
     base = {"num-server-rounds": args.rounds, "train.training-arguments.max-steps": args.steps,
@@ -143,15 +157,13 @@ def main() -> None:
             "strategy.fraction-train": 1.0, "strategy.fraction-evaluate": 1.0, "strategy.min-train-nodes": 2,
             "strategy.min-available-nodes": args.nodes - 2, "train.eval-every-round": args.rounds,
             "train.save-every-round": args.rounds, "run.client-worker": "off", "run.progress-every-s": 0.0}
+    if args.lr is not None:
+        base.update({"train.learning-rate-max": args.lr, "train.learning-rate-min": args.lr})
     if args.quick:
         sys.path.insert(0, str(REPO / "benchmarks"))
         from _common import tiny_model_dir
 
-        base.update({"model.name": tiny_model_dir(root), "num-server-rounds": 1, "train.eval-every-round": 1,
-                     "train.save-every-round": 1, "model.lora.peft-lora-r": 4})
-        attacks, defenses, args.nodes = ["scale100"], ["fedmedian"], 4
-        args.hostile = min(args.hostile, args.nodes - 1)
-        base["strategy.min-available-nodes"] = args.nodes - 2
+        base.update({"model.name": tiny_model_dir(root), "model.lora.peft-lora-r": 4})
     results = []
     print(f"{len(defenses)} defenses x {len(attacks)} attacks, {args.nodes} SuperNodes (partition {args.hostile} "
           f"hostile), {base['num-server-rounds']} rounds x {base['train.training-arguments.max-steps']} steps; "
@@ -163,18 +175,22 @@ def main() -> None:
             print(f"  {d:<18} {a:<20} rounds {res['rounds']}  eval {res['eval_loss']}  rejected {res['rejected']}  "
                   f"errors {res['errors']}  dropped {res['dropped']}  ({res['s']:.0f} s)", flush=True)
     honest = {r["defense"]: r["eval_loss"] for r in results if r["attack"] == "none"}
+    without = {r["defense"]: r["eval_loss"] for r in results if r["attack"] == "absent"}
     undefended = honest.get("fedavg-undefended")
 
     def ratio(x: float | None, ref: float | None) -> str:
         return "-" if x is None or ref is None or not math.isfinite(x) else f"{x / ref:.3f}"
 
-    print(f"\n{'defense':<18}{'attack':<20}{'done':>6}{'eval loss':>11}{'/honest':>9}{'/fedavg':>9}"
+    print("\n/without: to the same defense's run in which the hostile node sits training out (attack 'absent');"
+          " /honest: to its run with every node honest ('none'); /fedavg: to undefended FedAvg, all honest")
+    print(f"{'defense':<18}{'attack':<20}{'done':>6}{'eval loss':>11}{'/without':>9}{'/honest':>9}{'/fedavg':>9}"
           f"{'rejected':>10}{'errors':>8}{'dropped':>9}")
     for r in results:
         loss = "-" if r["eval_loss"] is None else f"{r['eval_loss']:.4f}"
         done = f"{r['rounds']}/{base['num-server-rounds']}" + ("" if r["finished"] else "!")
-        print(f"{r['defense']:<18}{r['attack']:<20}{done:>6}{loss:>11}{ratio(r['eval_loss'], honest.get(r['defense'])):>9}"
-              f"{ratio(r['eval_loss'], undefended):>9}{r['rejected']:>10}{r['errors']:>8}{r['dropped']:>9}")
+        print(f"{r['defense']:<18}{r['attack']:<20}{done:>6}{loss:>11}{ratio(r['eval_loss'], without.get(r['defense'])):>9}"
+              f"{ratio(r['eval_loss'], honest.get(r['defense'])):>9}{ratio(r['eval_loss'], undefended):>9}"
+              f"{r['rejected']:>10}{r['errors']:>8}{r['dropped']:>9}")
     if not all(r["finished"] for r in results):
         raise SystemExit(f"a run did not finish: see the logs in {root}")
 

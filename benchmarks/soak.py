@@ -8,8 +8,17 @@ and files each sample under the round the run is in (rows in metrics.jsonl). It 
 warm-up round and at the middle and last rounds, the server's total RSS and fds and the largest worker
 RSS and fds, and the ratio last/warm-up: flat means ~1.00.
 
-    python benchmarks/soak.py                    # 30 rounds x 6 SuperNodes (~3-5 min on 2 cores)
-    python benchmarks/soak.py --quick            # 1 round x 2 SuperNodes, smoke run (no ratio)
+With ``--churn-every K`` nodes come and go: 1 s into every K-th round one SuperNode (in turn) is killed
+(SIGKILL: no goodbye), the script checks that its resident worker exits (a worker left behind with the
+model loaded is a leak) and, once the round has completed with the other replies, restarts it under the
+same partition and a new node id (the server forgets the old one and checks the new one in). Memory
+staying flat then also covers the server's per-node bookkeeping (check-in, downlink copies).
+
+    python benchmarks/soak.py                        # 30 rounds x 6 SuperNodes (~15 min on 2 cores)
+    python benchmarks/soak.py --churn-every 3        # the same with one SuperNode restarted every 3 rounds
+    python benchmarks/soak.py --quick                # 3 rounds x 3 SuperNodes, SuperNode 2 killed in round 2
+                                                     # and restarted (smoke run, no ratio; run by
+                                                     # tests/e2e/test_deployment_churn.py, which checks the rows)
 """
 
 from __future__ import annotations
@@ -73,15 +82,31 @@ def worker_pids(home: Path) -> list[int]:
             if "flowertune.federation.worker" in line and str(home) in line]
 
 
+def wait_for_rows(out: Path, n: int, run: subprocess.Popen, timeout: float = 900) -> bool:
+    """Until metrics.jsonl has ``n`` rows (rounds 0..n-1 done); False if the run ended first or timed out."""
+    deadline = time.monotonic() + timeout
+    metrics = out / "metrics.jsonl"
+    while time.monotonic() < deadline and run.poll() is None:
+        if metrics.exists() and sum(1 for line in metrics.read_text().splitlines() if line.strip()) >= n:
+            return True
+        time.sleep(0.3)
+    return False
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=6)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3, help="rounds after which memory should be flat")
+    p.add_argument("--steps", type=int, default=2, help="local steps a round")
+    p.add_argument("--churn-every", type=int, default=0, help="kill and restart one SuperNode every K rounds")
+    p.add_argument("--out", type=Path, help="keep the run directory here (default: a temporary directory)")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
-    if a.quick:
-        a.nodes, a.rounds, a.warmup = 2, 1, 0  # a smoke run of the script: one round, no ratio to read
+    if a.quick:  # a smoke run: 3 rounds, SuperNode 2 killed 1 s into round 2 (10 steps: it is training), no ratio
+        a.nodes, a.rounds, a.warmup, a.steps, a.churn_every = 3, 3, 0, 10, 2
+    if a.nodes < 2 or a.rounds < 1 or not 0 <= a.warmup < a.rounds or a.churn_every < 0:
+        p.error("needs --nodes >= 2, --rounds >= 1, 0 <= --warmup < --rounds, --churn-every >= 0")
     from benchmarks._common import tiny_model_dir
 
     with tempfile.TemporaryDirectory(prefix="flowertune-soak-") as tmp:
@@ -99,22 +124,32 @@ def main() -> int:
             procs.append(proc)
             return proc
 
-        out = root / "run"
+        out = (a.out or root / "run").resolve()
         samples: dict[int, list[tuple[float, int, float, int, int]]] = {}
+        churn: list[tuple[int, int, float]] = []  # (round, SuperNode killed, seconds until its worker exited)
+        churn_rounds = list(range(a.churn_every, a.rounds, a.churn_every)) if a.churn_every else []
         stop = threading.Event()
         try:
             link = start("superlink", [str(BIN / "flower-superlink"), "--insecure",
                                        "--disable-runtime-dependency-installation", "--port", str(port)])
             time.sleep(3)
+            nodes = {}
+
+            def supernode(i: int) -> None:
+                nodes[i] = start(f"supernode{i}", [
+                    str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                    "--node-config", f"partition-id={i} num-partitions={a.nodes}", "--port", str(free_port())])
+
             for i in range(a.nodes):
-                start(f"supernode{i}", [str(BIN / "flower-supernode"), "--insecure", "--superlink",
-                                        f"127.0.0.1:{port}", "--node-config",
-                                        f"partition-id={i} num-partitions={a.nodes}", "--port", str(free_port())])
+                supernode(i)
             overrides = {
                 "model.name": model, "static.dataset.name": "sample:medical", "num-server-rounds": a.rounds,
-                "train.training-arguments.max-steps": 2, "train.training-arguments.per-device-train-batch-size": 2,
-                "train.seq-length": 128, "model.lora.peft-lora-r": 4, "strategy.fraction-train": 1.0,
-                "strategy.min-train-nodes": a.nodes, "strategy.min-available-nodes": a.nodes,
+                "train.training-arguments.max-steps": a.steps,
+                "train.training-arguments.per-device-train-batch-size": 2, "train.seq-length": 128,
+                "model.lora.peft-lora-r": 4, "strategy.fraction-train": 1.0,
+                # under churn a round completes without the killed node; the next one waits for its return
+                "strategy.min-train-nodes": a.nodes - 1 if a.churn_every else a.nodes,
+                "strategy.min-available-nodes": a.nodes, "strategy.node-wait-timeout": 300.0,
                 "strategy.fraction-evaluate": 0.5, "train.save-every-round": 10, "wire.codec": "delta-int8",
             }
             run = start("flowertune", [str(BIN / "flowertune"), "run", "--superlink", f"127.0.0.1:{port}",
@@ -135,6 +170,27 @@ def main() -> int:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
+            for r in churn_rounds:
+                victim = a.nodes - 1 - (r // a.churn_every - 1) % a.nodes  # the last partition first
+                if not wait_for_rows(out, r, run):  # rounds 0..r-1 are done: round r is running
+                    break
+                stop.wait(1.0)
+                before = len(worker_pids(root / "home"))
+                nodes[victim].kill()
+                nodes[victim].wait()
+                t0 = time.monotonic()
+                while len(worker_pids(root / "home")) >= before and time.monotonic() - t0 < 60:
+                    time.sleep(0.3)
+                gone_s = time.monotonic() - t0
+                churn.append((r, victim, gone_s))
+                if gone_s >= 60:
+                    run.terminate()
+                    print(f"round {r}: the killed SuperNode {victim}'s worker still ran 60 s later (a leak)",
+                          file=sys.stderr)
+                    break
+                if not wait_for_rows(out, r + 1, run):  # round r completed without it
+                    break
+                supernode(victim)  # same partition, a new node id
             rc = run.wait(timeout=3600)
             stop.set()
             sampler.join()
@@ -150,12 +206,16 @@ def main() -> int:
                 log.close()
             for pid in worker_pids(root / "home"):
                 os.kill(pid, 9)
-        if rc != 0:
+        if rc != 0 or len(churn) != len(churn_rounds) \
+                or any(s >= 60 for *_, s in churn):
             print((root / "flowertune.log").read_text()[-3000:], file=sys.stderr)
             return 1
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         print(f"# soak: {a.rounds} rounds x {a.nodes} SuperNodes on loopback deployment, tiny Llama, delta-int8; "
               f"{rows[-1]['wall_s']:.0f} s; failures {sum(r.get('failures', 0) for r in rows[1:])}")
+        if churn:
+            print(f"churn: {len(churn)} SuperNodes killed and restarted (rounds {', '.join(str(r) for r, *_ in churn)}); "
+                  f"each killed node's worker exited, after at most {max(s for *_, s in churn):.1f} s")
         print("| after round | server RSS MB | server fds | largest worker RSS MB | worker fds | workers |")
         print("|---|---|---|---|---|---|")
         marks = sorted({a.warmup, (a.warmup + a.rounds) // 2, a.rounds - 1})
