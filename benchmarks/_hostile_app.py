@@ -1,9 +1,10 @@
 """A ClientApp for attack runs only (``benchmarks/attacks.py``, ``tests/e2e/test_attacks_runtime.py``): copied
 into a generated Flower app next to a pyproject naming it; nothing hostile ships in the flowertune package.
 
-It is flowertune's own client (the same handlers and mods) with one more mod, innermost, so that it sees fp32
-adapters both ways (and one outside the wire codec for NaN, which flowertune's encoder refuses to send): the
-nodes whose partition is in ``ATTACKS`` corrupt what they send, one attack each.
+It is flowertune's own client (the same handlers and mods) with one more mod inside the wire codec, so that it
+sees fp32 adapters both ways, and outside flowertune's DP clipping mod (a hostile node does not clip); and one
+outside the wire codec for NaN, which flowertune's encoder refuses to send. The nodes whose partition is in
+``ATTACKS`` corrupt what they send, one attack each.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def on_the_wire_mod(msg: Message, context: Context, call_next: ClientAppCallable
     return reply
 
 
-app = ClientApp(mods=[ft.error_mod, on_the_wire_mod, ft.wire_mod, hostile_mod])
+app = ClientApp(mods=[ft.error_mod, on_the_wire_mod, ft.wire_mod, hostile_mod, ft.dp_clip_mod])
 app.query()(ft.query)
 app.train()(ft.train)
 app.evaluate()(ft.evaluate)

@@ -2,8 +2,9 @@
 
 Client-side concerns are Flower mods around the handlers: ``error_mod`` (outermost) turns any exception into
 an error reply that carries no traceback or data; ``wire_mod`` decodes the server's payload to
-fp32 before a handler (or a later mod, such as Flower's ``fixedclipping_mod``) sees it and encodes the
-reply on the way out, so the handlers only ever see full fp32 adapters.
+fp32 before a handler (or a later mod) sees it and encodes the reply on the way out, so the handlers only ever
+see full fp32 adapters; ``dp_clip_mod`` runs Flower's ``fixedclipping_mod`` on the fp32 update when the
+server asks for client-side DP clipping.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from flowertune.config import Config, ConfigError, resolve
 from flowertune.federation import worker
-from flowertune.federation.records import from_array_record, to_array_record
+from flowertune.federation.records import from_array_record, nudge_if_unchanged, to_array_record
 from flowertune.federation.wire_client import wire_mod
 from flowertune.federation.worker import WorkerTaskError
 from flowertune.logs import setup_logging
@@ -50,7 +53,25 @@ def error_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
                        reply_to=msg)
 
 
-app = ClientApp(mods=[error_mod, wire_mod])
+def dp_clip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` when the server asks for client-side clipping (``strategy.dp.mode=
+    client-fixed``: the train config carries the clipping norm), inside ``wire_mod`` so that it clips the fp32
+    update; a pass-through otherwise. An unchanged adapter is nudged first (Flower's clip divides by the norm)."""
+    if (msg.metadata.message_type != MessageType.TRAIN or not msg.has_content()
+            or KEY_CLIPPING_NORM not in msg.content.config_records.get("config", {})):
+        return call_next(msg, context)
+    glob = from_array_record(msg.content["arrays"])
+
+    def train(m: Message, c: Context) -> Message:
+        reply = call_next(m, c)
+        if not reply.has_error() and "arrays" in reply.content.array_records:
+            reply.content["arrays"] = nudge_if_unchanged(reply.content["arrays"], glob)
+        return reply
+
+    return fixedclipping_mod(msg, context, train)
+
+
+app = ClientApp(mods=[error_mod, wire_mod, dp_clip_mod])
 
 
 def _partition(context: Context) -> tuple[int, int]:

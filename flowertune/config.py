@@ -8,7 +8,8 @@ Every key has a flat, hyphenated name (the form used in ``pyproject.toml``, ``--
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, get_type_hints
 
@@ -125,12 +126,28 @@ class StrategyConfig:
                             "norm-bound-adaptive, the starting bound)")
     norm_bound_adaptive: bool = key("strategy.norm-bound-adaptive", False,
                                     "move the norm bound toward strategy.norm-bound-quantile of the update norms")
+    norm_bound_median: float = key("strategy.norm-bound-median", 2.0,
+                                   "also scale every update to at most this multiple of the round's median update "
+                                   "norm (0 = off; acts with 3+ replies a round)")
+    min_cosine_to_median: float = key("strategy.min-cosine-to-median", 0.0,
+                                      "reject an update whose cosine with the round's median update is at most this "
+                                      "(-1 = off; acts with 3+ replies a round)")
     norm_bound_quantile: float = key("strategy.norm-bound-quantile", 0.5,
                                      "share of updates the adaptive norm bound aims to leave unscaled")
     num_malicious_nodes: int = key("strategy.num-malicious-nodes", 1,
                                    "attackers krum / multikrum / bulyan tolerate per round")
     trimmed_beta: float = key("strategy.trimmed-beta", 0.2, "fedtrimmedavg: share cut from each end per entry")
     multikrum_select: int = key("strategy.multikrum-select", 2, "multikrum: updates averaged after selection")
+    dp_mode: str = key("strategy.dp.mode", "off",
+                       "client-level differential privacy: off | server-fixed (the server clips each update) | "
+                       "client-fixed (each node clips its own; the server checks the norm); Gaussian noise on the "
+                       "average, ε accounted")
+    dp_noise_multiplier: float = key("strategy.dp.noise-multiplier", 1.0,
+                                     "noise standard deviation in units of the clipping norm (per node sampled)")
+    dp_clipping_norm: float = key("strategy.dp.clipping-norm", 0.1, "L2 norm every update is clipped to")
+    dp_delta: float = key("strategy.dp.delta", 1e-5, "δ of the reported (ε, δ); keep it below 1 / nodes")
+    dp_target_epsilon: float = key("strategy.dp.target-epsilon", 0.0,
+                                   "stop before the round that would take ε past this (0 = no limit)")
 
 
 @dataclass(frozen=True)
@@ -349,15 +366,39 @@ def validate(cfg: Config) -> None:
     need(not cfg.strategy.norm_bound_adaptive or cfg.strategy.norm_bound > 0,
          "strategy.norm-bound-adaptive needs strategy.norm-bound > 0 (the bound it starts from)")
     need(0.0 < cfg.strategy.norm_bound_quantile < 1.0, "strategy.norm-bound-quantile must be in (0, 1)")
+    need(cfg.strategy.norm_bound_median == 0 or cfg.strategy.norm_bound_median >= 1.0,
+         "strategy.norm-bound-median must be 0 (off) or >= 1 (a multiple of the median update norm)")
+    need(-1.0 <= cfg.strategy.min_cosine_to_median < 1.0,
+         "strategy.min-cosine-to-median must be in [-1, 1) (-1 = off; 0 rejects updates opposed to the median)")
     need(cfg.strategy.num_malicious_nodes >= 0, "strategy.num-malicious-nodes must be >= 0")
     need(0.0 <= cfg.strategy.trimmed_beta < 0.5, "strategy.trimmed-beta must be in [0, 0.5)")
     need(cfg.strategy.multikrum_select >= 1, "strategy.multikrum-select must be >= 1")
+    validate_dp(cfg.strategy, need)
     need(cfg.run.progress_every_s >= 0, "run.progress-every-s must be >= 0 seconds (0 = no progress lines)")
     need(not cfg.run.resume or cfg.run.output_dir != "",
          "run.resume needs run.output-dir (the run directory to continue); or use `flowertune run --resume DIR`")
     need(cfg.run.output_dir == "" or cfg.run.output_dir.startswith("/"),
          f"run.output-dir must be an absolute path (got {cfg.run.output_dir!r}); the server's cwd is the SuperLink's")
     check_names(cfg)
+
+
+def validate_dp(c: StrategyConfig, need: Callable[[bool, str], None]) -> None:
+    """``strategy.dp.*``: the mode exists, its numbers are in range, and the rest of the stack keeps the
+    mechanism's sensitivity (an equal-weight mean of clipped updates, noised before any server optimizer)."""
+    need(c.dp_mode in ("off", "server-fixed", "client-fixed"), f"strategy.dp.mode={c.dp_mode!r} is not valid; "
+         "choose off, server-fixed or client-fixed")
+    if c.dp_mode == "off":
+        return
+    need(0 < c.dp_noise_multiplier < math.inf, "strategy.dp.noise-multiplier must be a finite number > 0")
+    need(0 < c.dp_clipping_norm < math.inf, "strategy.dp.clipping-norm must be a finite number > 0")
+    need(0 < c.dp_delta < 1, "strategy.dp.delta must be in (0, 1), e.g. 1e-5")
+    need(0 <= c.dp_target_epsilon < math.inf, "strategy.dp.target-epsilon must be a finite number >= 0 (0 = no limit)")
+    need(c.name in ("fedavg", "fedprox"),
+         f"strategy.dp.mode={c.dp_mode} needs strategy.name=fedavg or fedprox (the noise is calibrated to a mean of "
+         f"clipped updates; {c.name} transforms it first)")
+    need(not c.norm_bound_adaptive, "strategy.norm-bound-adaptive moves with the updates and would leak them "
+         "outside the accounted mechanism; with strategy.dp.mode use strategy.dp.clipping-norm (or a fixed "
+         "strategy.norm-bound)")
 
 
 def check_names(cfg: Config) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flowertune.config import Config, ConfigError, from_flat, toml_value
-from flowertune.federation.rundir import LOG, default_run_path, read_stopped, read_summary
+from flowertune.federation.rundir import LOG, default_run_path, read_summary, unfinished_reason
 from flowertune.launch.connections import connection_name, ensure_connection
 from flowertune.launch.flwr import flwr_command, flwr_env, write_run_config
 from flowertune.launch.logtee import run_logged
@@ -100,6 +100,22 @@ def print_config(cfg: Config, sources: dict[str, str]) -> None:
         print(f"{k:55s} {toml_value(v):40s} {mark}")
 
 
+def privacy_plan(cfg: Config) -> str:
+    """The ε the planned DP run reaches (every round with full participation; fewer replies cost more)."""
+    from flowertune.federation.stack.privacy import NEIGHBOURING, SAMPLING, planned_epsilon, rounds_within
+
+    c, rounds = cfg.strategy, cfg.run.num_server_rounds
+    eps = planned_epsilon(c.dp_noise_multiplier, rounds, c.dp_delta)
+    line = (f"\ndifferential privacy ({c.dp_mode}, z={c.dp_noise_multiplier:g}, C={c.dp_clipping_norm:g}): "
+            f"ε = {eps:.4g} at δ = {c.dp_delta:g} after {rounds} rounds (RDP; neighbouring: {NEIGHBOURING}; "
+            f"{SAMPLING})")
+    if c.dp_target_epsilon > 0 and eps > c.dp_target_epsilon:
+        k = rounds_within(c.dp_noise_multiplier, c.dp_delta, c.dp_target_epsilon, rounds)
+        line += (f"\n  strategy.dp.target-epsilon={c.dp_target_epsilon:g}: the run stops after round {k} of {rounds} "
+                 "(raise strategy.dp.noise-multiplier or the target to run them all)")
+    return line
+
+
 def resolve_args(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
     """The run's config from the command line (a new run or a resume) and where each value came from;
     :class:`ConfigError` for any mistake that can be known before a process starts."""
@@ -162,11 +178,10 @@ def launch(cfg: Config, args: argparse.Namespace, env: dict[str, str], superlink
 
 def outcome(run_path: Path, rc: int) -> int:
     """Tell the user how the run ended, from its run directory; the command's exit code."""
-    reason = read_stopped(run_path)
+    reason, s = unfinished_reason(run_path), read_summary(run_path)
     if reason is not None:
         print(f"flowertune run: the run stopped: {reason}", file=sys.stderr)
         return rc or 1
-    s = read_summary(run_path)
     if rc != 0 or s is None:
         print(f"flowertune run: the run did not finish (flwr exit code {rc}); see {run_path / LOG} (every line "
               "Flower and Ray printed)", file=sys.stderr)
@@ -175,6 +190,10 @@ def outcome(run_path: Path, rc: int) -> int:
           f"{s['eval_loss_last']}, communication {s['comm_cost_mb']:.2f} MB, {s['wall_s']:.0f} s\n"
           f"  final adapter: {run_path / 'final_adapter'}\n  report: {run_path / 'report.md'} (and report.html, "
           f"plots/); log: {run_path / LOG}")
+    if s.get("dp_epsilon") is not None:
+        print(f"  differential privacy: ε = {s['dp_epsilon']:.4g} at δ = {s['dp_delta']:g} (client-level)")
+    if s.get("stopped"):
+        print(f"  ended before num-server-rounds: {s['stopped']}")
     # (a round never completes without strategy.min-train-nodes usable updates: it is resampled, then the run
     # stops with stopped.json, handled above)
     return 0
@@ -187,6 +206,8 @@ def handle(args: argparse.Namespace) -> int:
         cfg, sources = resolve_args(args)
         if args.dry_run:
             print_config(cfg, sources)
+            if cfg.strategy.dp_mode != "off":
+                print(privacy_plan(cfg))
             return 0
         # before any Flower process starts: the output directory, and in simulation (the clients run on this
         # machine) their quantization, model and data

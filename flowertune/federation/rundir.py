@@ -216,10 +216,32 @@ def read_summary(run: Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def privacy_line(run: Path) -> str | None:
+    """The run's differential-privacy guarantee in one line (None for a run without ``strategy.dp.mode``)."""
+    config = read_config(run)
+    if config.get("strategy.dp.mode", "off") == "off":
+        return None
+    rows = [r for r in read_metrics(run) if r.get("dp_epsilon") is not None]
+    if not rows:
+        return f"client-level DP ({config['strategy.dp.mode']}): no private round released yet"
+    last = rows[-1]
+    return (f"client-level DP ({config['strategy.dp.mode']}, noise multiplier {config['strategy.dp.noise-multiplier']}"
+            f", clipping norm {config['strategy.dp.clipping-norm']}): ε = {last['dp_epsilon']:.4g} at δ = "
+            f"{last['dp_delta']:g} after {last['dp_releases']} releases (round {last['round']}); RDP accounting, "
+            "neighbouring federations differ by one node's whole data, no amplification by sampling")
+
+
 def read_stopped(run: Path) -> str | None:
     """Why the run stopped early (None unless it did)."""
     p = Path(run) / STOPPED
     return str(json.loads(p.read_text())["reason"]) if p.is_file() else None
+
+
+def unfinished_reason(run: Path) -> str | None:
+    """Why the run stopped before it finished (``stopped.json``), or None: also for a run that ended early by
+    design, at its privacy budget (it has a final adapter and its summary names the same reason)."""
+    reason, summary = read_stopped(run), read_summary(run)
+    return None if reason is None or (summary and summary.get("stopped") == reason) else reason
 
 
 def read_eval(run: Path) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from flowertune.federation.sinks import Sinks
 from flowertune.federation.stack.base import aggregator, find_layer
 from flowertune.federation.stack.codec import WireCodec
 from flowertune.federation.stack.gate import error_line
+from flowertune.federation.stack.privacy import PrivacyBudgetReached, PrivacyLedger
 from flowertune.federation.stack.sampling import NodeWaitTimeout
 from flowertune.federation.state import split_prefixed
 from flowertune.federation.strategies import describe, export_state, import_state, make_strategy
@@ -402,17 +403,28 @@ def metrics_row(out: RoundOutcome, strategy: Any, progress: Progress, directory:
         "bytes_cumulative": progress.cumulative, "bytes_eval_down": traffic.eval_down,
         "client_tokens_per_s": tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
         **client_memory(traffic.client_metrics), "notes": traffic.notes, "dropped": traffic.dropped,
-        "round_s": time.perf_counter() - out.t0, "wall_s": progress.wall_s,
+        "round_s": time.perf_counter() - out.t0, "wall_s": progress.wall_s, **privacy_spent(strategy),
     }
 
 
-def finish(progress: Progress, cfg: Config, run_dir: RunDir, n_params: int, t_start: float) -> dict[str, Any]:
-    """The final adapter and the run's summary."""
+def privacy_spent(strategy: Any) -> dict[str, Any]:
+    """``dp_epsilon`` (cumulative, at ``dp_delta``) and the round's release, for a DP run; else nothing."""
+    try:
+        return dict(find_layer(strategy, PrivacyLedger).last)
+    except LookupError:
+        return {}
+
+
+def finish(progress: Progress, cfg: Config, run_dir: RunDir, n_params: int, t_start: float, strategy: Any,
+           stopped: str | None = None) -> dict[str, Any]:
+    """The final adapter and the run's summary; ``stopped``: why it ended before num-server-rounds (the privacy
+    budget), with the last global within it as the final adapter."""
     summary = {
-        "rounds": cfg.run.num_server_rounds, "eval_loss_first": progress.first_eval,
+        "rounds": progress.round if stopped else cfg.run.num_server_rounds, "eval_loss_first": progress.first_eval,
         "eval_loss_last": progress.last_eval, "bytes_cumulative": progress.cumulative,
         "comm_cost_mb": progress.cumulative / MB, "adapter_parameters": n_params,
-        "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir.path),
+        "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir.path), **privacy_spent(strategy),
+        **({"stopped": stopped} if stopped else {}),
     }
     final = run_dir.finish(_as_numpy(progress.arrays), progress.adapter_config, summary)
     log.info("done: eval loss %s -> %s, communication %.2f MB, %.0f s; final adapter %s",
@@ -435,7 +447,12 @@ def _rounds(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks) -> dict[str,
              len(progress.arrays), n_params, progress.arrays.count_bytes() / MB)
     rounds = cfg.run.num_server_rounds
     for r in range(progress.round + 1, rounds + 1):
-        out = one_round(strategy, grid, r, progress, cfg, directory, run_dir, past_round_s)
+        try:
+            out = one_round(strategy, grid, r, progress, cfg, directory, run_dir, past_round_s)
+        except PrivacyBudgetReached as exc:  # before the round's tasks went out: the last global is final
+            run_dir.stopped(str(exc))
+            log.warning("run ends at the privacy budget: %s", exc)
+            return finish(progress, cfg, run_dir, n_params, t_start, strategy, stopped=str(exc))
         progress.round = r
         progress.wall_s = time.perf_counter() - t_start
         row = metrics_row(out, strategy, progress, directory)
@@ -447,4 +464,4 @@ def _rounds(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks) -> dict[str,
         log.info("round %d/%d: train_loss %.4f eval_loss %s | %.2f MB this round, %.2f MB total | %.1f s",
                  r, rounds, row["train_loss"] or float("nan"), out.eval_loss, row["bytes_round"] / MB,
                  progress.cumulative / MB, row["round_s"])
-    return finish(progress, cfg, run_dir, n_params, t_start)
+    return finish(progress, cfg, run_dir, n_params, t_start, strategy)

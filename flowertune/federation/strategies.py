@@ -41,6 +41,7 @@ from flowertune.federation.stack.base import (
     layers,
 )
 from flowertune.federation.stack.codec import WireCodec
+from flowertune.federation.stack.direction import DirectionCheck
 from flowertune.federation.stack.gate import ReplyGate
 from flowertune.federation.stack.guard import GlobalGuard
 from flowertune.federation.stack.meter import Meter
@@ -114,8 +115,20 @@ def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap]
     inner: Strategy = SeededSampling(STRATEGIES.get(cfg.name)(cfg), ctx)
     for wrap in reversed(slot):
         inner = wrap(inner)
-    if cfg.norm_bound > 0:
-        inner = NormBound(inner, ctx, cfg.norm_bound, cfg.norm_bound_adaptive, cfg.norm_bound_quantile)
+    dp = cfg.dp_mode != "off"
+    if dp:  # Flower's DP wrapper under the ledger that accounts ε (stack/privacy.py)
+        from flowertune.federation.stack.privacy import dp_layers
+
+        inner = dp_layers(inner, ctx, cfg.dp_mode, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, cfg.dp_delta,
+                          cfg.dp_target_epsilon)
+    # under DP the median bound and the direction check are off: they depend on the other nodes' updates (the
+    # clipping norm bounds each)
+    median = 0.0 if dp else cfg.norm_bound_median
+    if cfg.norm_bound > 0 or median > 0:
+        inner = NormBound(inner, ctx, cfg.norm_bound, cfg.norm_bound_adaptive, cfg.norm_bound_quantile,
+                          median=median)
+    if not dp and cfg.min_cosine_to_median > -1:  # (data-dependent too: off under DP)
+        inner = DirectionCheck(inner, ctx, cfg.min_cosine_to_median)
     inner = ReplyGate(inner, ctx, cfg.max_examples_per_node)
     inner = WireCodec(inner, ctx, get_codec(codec, **codec_options))
     return Meter(GlobalGuard(inner, ctx, cfg.max_global_growth), ctx)

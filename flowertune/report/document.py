@@ -36,15 +36,18 @@ def status_line(run: Path) -> str:
     meta = rundir.read_meta(run)
     summary = rundir.read_summary(run)
     rows = rundir.read_metrics(run)
-    stopped = rundir.read_stopped(run)
+    stopped = rundir.unfinished_reason(run)
     started = meta.get("started", "?")
+    privacy = rundir.privacy_line(run)
+    tail = f"\n\n**Privacy**: {privacy}" if privacy else ""
     if stopped:
-        return f"**Stopped** after round {rows[-1]['round'] if rows else 0}: {stopped} (started {started})"
+        return f"**Stopped** after round {rows[-1]['round'] if rows else 0}: {stopped} (started {started})" + tail
     if summary is None:
         return f"**Not finished**: {len(rows) - 1 if rows else 0} round(s) recorded so far (started {started})"
     resumed = meta.get("resumed", [])
     return (f"**Finished**: {summary['rounds']} rounds in {summary['wall_s'] / 60:.1f} min (started {started}"
-            + (f", resumed {len(resumed)}x" if resumed else "") + ")")
+            + (f", resumed {len(resumed)}x" if resumed else "") + ")"
+            + (f"; ended before num-server-rounds: {summary['stopped']}" if summary.get("stopped") else "") + tail)
 
 
 def results_section(run: Path) -> list[str]:

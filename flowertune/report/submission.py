@@ -34,7 +34,7 @@ def missing(run: Path, allow_limit: bool = False) -> list[str]:
     if not rundir.is_run_dir(run):
         return [f"{run} is not a run directory (no config.json)"]
     out = []
-    stopped = rundir.read_stopped(run)
+    stopped = rundir.unfinished_reason(run)
     if stopped:
         out.append(f"the run stopped early ({stopped[:200]}); finish it with `flowertune run --resume {run}`")
     if rundir.final_adapter(run) is None or rundir.read_summary(run) is None:
@@ -93,6 +93,7 @@ def readme(run: Path, challenge: str, limited: bool) -> str:
         "### Communication Budget", "",
         "-" if comm is None else f"{comm:,.2f} MB", "",
         "![Communication](plots/communication.png)", "",
+        *(["### Privacy", "", privacy, ""] if (privacy := rundir.privacy_line(run)) else []),
         "## Experimental setup", "", setup_paragraph(config), "",
         "## Environment setup", "",
         "```bash", "git clone <flowertune> && cd flowertune && bash scripts/setup.sh && . .venv/bin/activate",

@@ -6,6 +6,9 @@ tests/e2e/test_sweep_report.py.)"""
 import json
 import subprocess
 
+import numpy as np
+import pytest
+
 from flowertune.federation.rundir import read_config
 from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning, tiny_overrides
 
@@ -16,15 +19,25 @@ def test_bad_config_fails_before_anything_starts(tmp_path):
     assert proc.returncode == 2 and "unknown config key" in proc.stderr and "train.learning-rate-max" in proc.stderr
 
 
-def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_default(
+def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_default_and_dp_stops_at_its_budget(
         tmp_path, tiny_model_dir, tiny_data_file):
     """Entry path `flwr run . --run-config "$(flowertune presets --run-config medical k=v ...)"`: r=8 is the
-    default and the medical preset says 32; the user's 8 wins, the preset's alpha 64 stays."""
+    default and the medical preset says 32; the user's 8 wins, the preset's alpha 64 stays. The same run is
+    client-level DP (server-side clipping and noise) with a target ε between what 2 and 3 rounds spend: it
+    stops before round 3 with the reason, ε per round in metrics.jsonl, the round-2 global as final adapter."""
+    from safetensors.numpy import load_file
+
+    from flowertune.federation.stack.privacy import planned_epsilon
     from tests.conftest import REPO
 
+    z, delta = 2.0, 1e-5
+    target = (planned_epsilon(z, 2, delta) + planned_epsilon(z, 3, delta)) / 2
     home, out = tmp_path / "home", tmp_path / "plain"
     env = {**isolated_env(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    user = [*tiny_overrides(tiny_model_dir, tiny_data_file, **{"num-server-rounds": 1}), "model.lora.peft-lora-r=8",
+    user = [*tiny_overrides(tiny_model_dir, tiny_data_file, **{
+                "num-server-rounds": 3, "strategy.dp.mode": "server-fixed", "strategy.dp.noise-multiplier": z,
+                "strategy.dp.clipping-norm": 0.05, "strategy.dp.delta": delta, "strategy.dp.target-epsilon": target}),
+            "model.lora.peft-lora-r=8",
             "model.quantization=0", "model.dtype=\"float32\"", "model.gradient-checkpointing=false",
             "train.training-arguments.optim=\"adamw_torch\"", f"run.output-dir=\"{out}\"", "strategy.fraction-evaluate=1.0",
             "strategy.min-train-nodes=2", "strategy.min-available-nodes=2"]
@@ -41,3 +54,15 @@ def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_de
     assert cfg["preset"] == "medical" and cfg["model.lora.peft-lora-r"] == 8 and cfg["model.lora.peft-lora-alpha"] == 64
     adapter = json.loads((out / "final_adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 8 and adapter["lora_alpha"] == 64
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert [r["dp_releases"] for r in rows[1:]] == [1, 2]
+    assert rows[1]["dp_epsilon"] == pytest.approx(planned_epsilon(z, 1, delta))
+    assert rows[2]["dp_epsilon"] == pytest.approx(planned_epsilon(z, 2, delta)) and rows[2]["dp_epsilon"] <= target
+    stopped = json.loads((out / "stopped.json").read_text())["reason"]
+    assert "round 3 would take ε past strategy.dp.target-epsilon" in stopped, stopped
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["stopped"] == stopped and summary["dp_epsilon"] == rows[2]["dp_epsilon"]
+    final = load_file(str(out / "final_adapter" / "adapter_model.safetensors"))
+    kept = load_file(str(out / "checkpoints" / "round-2" / "adapter_model.safetensors"))
+    assert final.keys() == kept.keys() and all(np.array_equal(final[k], kept[k]) for k in final)

@@ -200,3 +200,34 @@ def test_submission_folder_of_a_complete_run(tmp_path: Path) -> None:
     assert toml["num-server-rounds"] == 3 and toml["preset"] == "finance" and "run.output-dir" not in toml
     with pytest.raises(IncompleteRun, match="not empty"):
         build_submission(run, out)
+
+
+def test_a_dp_run_states_its_epsilon_in_the_report_and_the_submission(tmp_path: Path) -> None:
+    flat, _ = layer("finance", {"num-server-rounds": 5, "run.output-dir": str(tmp_path / "run"),
+                                "strategy.dp.mode": "server-fixed", "strategy.dp.noise-multiplier": 1.5,
+                                "strategy.dp.clipping-norm": 0.2, "strategy.dp.target-epsilon": 9.0})
+    run = RunDir.create(from_flat(flat))
+    for row in fake_rows(3):
+        if row["round"]:
+            row.update({"dp_epsilon": 2.0 * row["round"] + 0.123, "dp_delta": 1e-5, "dp_releases": row["round"],
+                        "dp_noise_multiplier": 1.5})
+        run.log(row)
+    reason = "round 4 would take ε past strategy.dp.target-epsilon=9 (ε=6.123 at δ=1e-05 after 3 releases)"
+    run.stopped(reason)
+    run.finish({"base_model.model.layers.0.q_proj.lora_A.weight": np.ones((2, 4), np.float32)},
+               {"peft_type": "LORA", "r": 2}, {"rounds": 3, "wall_s": 42.0, "eval_loss_first": 3.5,
+                                                "eval_loss_last": 1.0, "stopped": reason, "dp_epsilon": 6.123})
+    md = write_report(run.path).read_text()
+    assert "**Finished**: 3 rounds" in md and f"ended before num-server-rounds: {reason}" in md
+    assert ("**Privacy**: client-level DP (server-fixed, noise multiplier 1.5, clipping norm 0.2): ε = 6.123 at "
+            "δ = 1e-05 after 3 releases (round 3)") in md
+    rounds = table_after(md, "ε (DP)")
+    assert [r[-1] for r in rounds[1:]] == ["2.12", "4.12", "6.12"]
+    (run.path / "eval").mkdir()
+    (run.path / "eval" / "results.json").write_text(json.dumps(FINANCE))
+    for name in FINANCE:
+        (run.path / "eval" / f"items-{name}.jsonl").write_text('{"id": 0}\n')
+    readme = (build_submission(run.path, tmp_path / "sub") / "README.md").read_text()
+    assert "### Privacy" in readme and "ε = 6.123 at δ = 1e-05" in readme and "no amplification by sampling" in readme
+    plain = make_run(tmp_path / "plain", results=FINANCE)
+    assert "Privacy" not in write_report(plain).read_text() and "ε (DP)" not in write_report(plain).read_text()

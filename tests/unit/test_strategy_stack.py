@@ -78,7 +78,8 @@ def error_reply(msg: Message) -> Message:
 
 def test_the_default_stack_is_described_from_the_outside_in():
     s = make_strategy(StrategyConfig(name="fedadam", seed=3), "delta-topk-int8", fraction=0.2)
-    assert describe(s) == "meter -> guard(growth <= 10x) -> wire(delta-topk-int8, fraction=0.2) -> gate -> sampling(seed 3) -> FedAdam"
+    assert describe(s) == ("meter -> guard(growth <= 10x) -> wire(delta-topk-int8, fraction=0.2) -> gate "
+                           "-> direction(cos to median > 0) -> norm-bound(median x2) -> sampling(seed 3) -> FedAdam")
     assert type(aggregator(s)) is FedAdam  # Flower's own class, not a subclass
 
 
@@ -178,7 +179,7 @@ def test_each_layer_exports_its_state_under_its_own_name():
                                   FakeGrid()))
     s.aggregate_train(1, [client_reply(m, ctxs[m.metadata.dst_node_id], 1) for m in msgs])
     meta, arrays = export_state(s)
-    assert set(meta) == {"strategy", "downlink"}  # Flower's aggregator, the wire layer's mirror
+    assert set(meta) == {"strategy", "downlink", "norm-bound"}  # Flower's aggregator, the wire mirror, the bound
     assert set(meta["strategy"]) >= {"m_t", "v_t"} and len(meta["downlink"]) == 2
     assert all(k.split("/")[0] in meta for k in arrays)
 

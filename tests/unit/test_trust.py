@@ -23,6 +23,7 @@ from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.server_loop import NodeDirectory, RunStopped, check_in, check_initial_adapter, forget_gone
 from flowertune.federation.stack.base import aggregator, export_aggregator, find_layer
 from flowertune.federation.stack.codec import WireCodec
+from flowertune.federation.stack.direction import DirectionCheck
 from flowertune.federation.stack.normbound import NormBound
 from flowertune.federation.strategies import describe, make_strategy
 from flowertune.wire import get_codec
@@ -114,7 +115,7 @@ def test_gpu_and_cpu_nodes_aggregate_together_and_unknown_metrics_are_dropped_an
 
 @pytest.mark.parametrize("claimed", [1e9, 2**40])
 def test_num_examples_is_capped_at_the_declared_rows_so_one_node_cannot_capture_the_global(claimed):
-    s = stack(rows=100)
+    s = stack(rows=100, norm_bound_median=0.0)  # the cap alone (the median norm bound would also scale it)
     msgs = configure(s)
     replies = [reply(msgs[0], arrays(9.0), {"num-examples": claimed, "train_loss": 1.0})]
     replies += [reply(m, arrays(1.0), {"num-examples": 100, "train_loss": 1.0}) for m in msgs[1:]]
@@ -208,7 +209,7 @@ def test_the_global_guard_drops_a_blown_up_round_and_puts_the_optimizer_state_ba
        name=st.sampled_from(["fedavg", "fedadam", "fedmedian"]))
 def test_norm_bounding_holds_on_every_update_the_aggregator_sees(scales, adaptive, name):
     bound = 0.5
-    s = stack(name=name, norm_bound=bound, norm_bound_adaptive=adaptive)
+    s = stack(name=name, norm_bound=bound, norm_bound_adaptive=adaptive, min_cosine_to_median=-1.0)  # the bound alone
     layer = find_layer(s, NormBound)
     seen = []
     inner = layer.strategy
@@ -223,6 +224,92 @@ def test_norm_bounding_holds_on_every_update_the_aggregator_sees(scales, adaptiv
     assert len(seen) == len(scales)
     assert all(l2(a) <= bound * (1 + 1e-5) for a in seen)  # the global was 0: the update is the reply
     assert "norm-bound" in describe(s)
+
+
+@pytest.mark.parametrize("nodes", [3, 8])
+def test_the_default_median_norm_bound_cuts_a_scaled_update_to_twice_the_median(nodes):
+    rng = np.random.default_rng(4)
+    updates = [honest(rng, 0.01) for _ in range(nodes)]
+    attacker = {k: 100 * v for k, v in updates[0].items()}
+    s = stack()  # the defaults
+    layer = find_layer(s, NormBound)
+    assert layer.median == 2.0 and layer.bound == 0.0
+    msgs = configure(s, nodes=NODES[:nodes])
+    agg, _ = s.aggregate_train(1, [reply(m, u) for m, u in zip(msgs, [attacker, *updates[1:]])])
+    median = float(np.median([l2(u) for u in [attacker, *updates[1:]]]))
+    assert max(layer.last_norms) == pytest.approx(l2(attacker), rel=1e-5)
+    want = f"node {msgs[0].metadata.dst_node_id}: update norm {l2(attacker):.4g} scaled to the bound {2 * median:.4g}"
+    assert s.traffic.notes == [want]
+    # FedAvg of the bounded updates: the attacker counts as an update of norm 2 x median in its own direction
+    bounded = {k: attacker[k] * (2 * median / l2(attacker)) for k in SHAPES}
+    expect = {k: np.mean([bounded[k], *[u[k] for u in updates[1:]]], axis=0) for k in SHAPES}
+    got = from_array_record(agg)
+    assert all(np.allclose(got[k], expect[k], atol=1e-6) for k in SHAPES)
+    # honest updates of similar size are left as they are (the default costs nothing there)
+    s = stack()
+    s.aggregate_train(1, [reply(m, u) for m, u in zip(configure(s, nodes=NODES[:nodes]), updates)])
+    assert s.traffic.notes == []
+
+
+def correlated(rng: np.random.Generator, n: int, spread: float = 0.5) -> list[dict[str, np.ndarray]]:
+    """``n`` honest updates: one shared direction (similar data) plus each node's own noise."""
+    common = honest(rng, 0.01)
+    return [{k: (common[k] + spread * honest(rng, 0.01)[k]).astype(np.float32) for k in SHAPES} for _ in range(n)]
+
+
+def test_a_sign_flipped_update_is_rejected_by_the_direction_check_and_honest_ones_pass():
+    rng = np.random.default_rng(6)
+    updates = correlated(rng, 8)
+    flipped = {k: -3 * v for k, v in updates[0].items()}  # flipped (and scaled, to also pull on the mean)
+    s = stack()  # the defaults
+    layer = find_layer(s, DirectionCheck)
+    msgs = configure(s)
+    agg, _ = s.aggregate_train(1, [reply(m, u) for m, u in zip(msgs, [flipped, *updates[1:]])])
+    attacker = msgs[0].metadata.dst_node_id
+    assert len(s.traffic.rejected) == 1 and s.traffic.rejected[0].startswith(f"node {attacker}: update points away")
+    assert s.traffic.accepted == 7 and attacker not in s.traffic.accepted_nodes
+    honest_mean = {k: np.mean([u[k] for u in updates[1:]], axis=0) for k in SHAPES}
+    got = from_array_record(agg)
+    assert all(np.allclose(got[k], honest_mean[k], atol=1e-7) for k in SHAPES)  # exactly the other seven
+    # the cosines, computed here on the flattened updates
+    flat = [np.concatenate([u[k].ravel() for k in SHAPES]).astype(np.float64) for u in [flipped, *updates[1:]]]
+    med = np.median(np.stack(flat), axis=0)
+    want = [float(f @ med / np.linalg.norm(f) / np.linalg.norm(med)) for f in flat]
+    assert sorted(layer.last_cosines) == pytest.approx(sorted(want), abs=1e-9)
+    # honest updates of similar data: none is rejected
+    s = stack()
+    s.aggregate_train(1, [reply(m, u) for m, u in zip(configure(s), updates)])
+    assert s.traffic.rejected == [] and s.traffic.accepted == 8
+
+
+def test_the_direction_check_needs_three_replies_and_its_bound_is_checked():
+    rng = np.random.default_rng(7)
+    a = honest(rng, 0.01)
+    s = stack()
+    msgs = configure(s, nodes=NODES[:2])
+    s.aggregate_train(1, [reply(msgs[0], a), reply(msgs[1], {k: -v for k, v in a.items()})])
+    assert s.traffic.rejected == []  # two replies: either one would set the median
+    for bad in (1.0, -1.01, float("nan")):
+        with pytest.raises(ConfigError, match="strategy.min-cosine-to-median"):
+            from_flat({"strategy.min-cosine-to-median": bad})
+    with pytest.raises(LookupError):  # -1: off
+        find_layer(stack(min_cosine_to_median=-1.0), DirectionCheck)
+    assert find_layer(stack(min_cosine_to_median=0.5), DirectionCheck).min_cosine == 0.5
+
+
+def test_the_median_norm_bound_needs_three_replies_and_a_multiple_of_at_least_one():
+    rng = np.random.default_rng(5)
+    a, b = honest(rng, 0.01), honest(rng, 0.01)
+    s = stack()
+    msgs = configure(s, nodes=NODES[:2])
+    s.aggregate_train(1, [reply(msgs[0], {k: 100 * v for k, v in a.items()}), reply(msgs[1], b)])
+    assert s.traffic.notes == []  # with two replies the attacker would set the median itself: not applied
+    for bad in (0.99, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="strategy.norm-bound-median"):
+            from_flat({"strategy.norm-bound-median": bad})
+    assert from_flat({"strategy.norm-bound-median": 1.0}).strategy.norm_bound_median == 1.0
+    with pytest.raises(LookupError):  # off: no layer
+        find_layer(stack(norm_bound_median=0.0), NormBound)
 
 
 @pytest.mark.parametrize("name", ["fedmedian", "fedtrimmedavg"])
@@ -247,7 +334,8 @@ def test_a_scaled_or_sign_flipped_update_moves_robust_aggregators_far_less_than_
     for attack in ({k: 100 * v for k, v in updates[0].items()}, {k: -v for k, v in updates[0].items()}):
         err = {}
         for strategy in ("fedavg", name):
-            s = stack(name=strategy, num_malicious_nodes=1)
+            s = stack(name=strategy, num_malicious_nodes=1, norm_bound_median=0.0,
+                      min_cosine_to_median=-1.0)  # the aggregators alone
             agg, _ = s.aggregate_train(1, [reply(m, u) for m, u in zip(configure(s), [attack, *updates[1:]])])
             err[strategy] = l2({k: from_array_record(agg)[k] - honest_mean[k] for k in SHAPES})
         assert err[name] < 0.2 * err["fedavg"], err

@@ -1,0 +1,176 @@
+"""Client-level differential privacy with a number: Flower's server-side fixed-clipping DP wrapper under a
+ledger layer that accounts ε with Flower's RDP accountant (Google's ``dp-accounting`` underneath).
+
+The mechanism (``strategy.dp.mode=server-fixed``): every decoded update ``reply - global`` is clipped to L2 norm
+``C`` (``strategy.dp.clipping-norm``), the clipped updates are averaged with equal weights (FedAvg; the ledger
+sets every reply's weight to 1, so no node's declared size moves the sensitivity), and Gaussian noise of
+standard deviation ``z * C / n`` is added to the average, ``z`` the noise multiplier and ``n`` the number of
+nodes sampled that round (the ledger tells the wrapper each round: the sample size depends on who is
+connected). When only ``m < n`` updates come back the noise stays at ``z * C / n`` while one node now moves the
+average by up to ``C / m``: that round is accounted at the smaller multiplier ``z * m / n``.
+
+``strategy.dp.mode=client-fixed``: each node clips its own update (Flower's ``fixedclipping_mod`` in
+flowertune's ClientApp, told the norm by Flower's ``DifferentialPrivacyClientSideFixedClipping`` in the
+train config) and the server adds the same noise. The server does not take the clipping on trust: a decoded
+update whose norm is over ``C`` is rejected with the reason (a node that skipped the mod).
+
+Accounting: neighbouring federations differ by one node's whole contribution (add or remove one node's data),
+each aggregate is one Gaussian release, composed over rounds (every aggregate counts, also one the global guard
+then drops or a retried try), with **no amplification by sampling** -- valid whatever the sampling, and the
+conservative choice: flowertune samples nodes with a seed from the config, which whoever knows the config can
+replay, so the sampling is not secret. ``strategy.dp.target-epsilon``: before each round the ledger checks
+whether one more release would take ε past the target at ``strategy.dp.delta``; if so the run stops there
+(:class:`PrivacyBudgetReached`) and the last global within budget is the final adapter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+)
+from flwr.supercore.privacy_accounting import (
+    GaussianPrivacyEvent,
+    NeighboringRelation,
+    PrivacyConfig,
+    SamplingMethod,
+)
+from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+from flowertune.federation.records import from_array_record, nudge_if_unchanged
+from flowertune.federation.stack.base import Layer, StackContext
+
+MODES = ("off", "server-fixed", "client-fixed")
+NEIGHBOURING = "add or remove one node's whole contribution (client-level)"
+SAMPLING = "no amplification by sampling (valid for any node sampling)"
+
+
+class PrivacyBudgetReached(RuntimeError):
+    """One more round would take ε past ``strategy.dp.target-epsilon``: the run ends with the last global."""
+
+
+def accountant(delta: float) -> RdpAccountant:
+    """Flower's RDP accountant for client-level DP without sampling amplification (population size is unused
+    without amplification; Flower's event still carries one, so it is 1 here)."""
+    return RdpAccountant(PrivacyConfig(target_delta=delta, population_size=1,
+                                       neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                                       sampling_method=SamplingMethod.NO_AMPLIFICATION))
+
+
+def release(noise_multiplier: float) -> GaussianPrivacyEvent:
+    return GaussianPrivacyEvent(noise_multiplier=noise_multiplier, sample_size=1, population_size=1)
+
+
+def planned_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
+    """ε at ``delta`` after ``rounds`` full-participation releases (what ``--dry-run`` prints)."""
+    acc = accountant(delta)
+    acc.compose(release(noise_multiplier), rounds)
+    return acc.get_epsilon(delta)
+
+
+def rounds_within(noise_multiplier: float, delta: float, target: float, limit: int) -> int:
+    """How many full-participation rounds fit in ``target`` (at most ``limit``)."""
+    acc, n = accountant(delta), 0
+    while n < limit and not acc.would_exceed(release(noise_multiplier), target):
+        acc.compose(release(noise_multiplier))
+        n += 1
+    return n
+
+
+class PrivacyLedger(Layer):
+    """Above Flower's DP wrapper: tells it the round's sample size, makes the weights equal, checks that
+    client-clipped updates are within the norm, accounts each release, and stops the run before the one that
+    would exceed the target ε."""
+
+    name = "dp"
+    state_name = "dp-account"
+
+    def __init__(self, strategy: Any, ctx: StackContext, mode: str, delta: float, target_epsilon: float = 0.0) -> None:
+        super().__init__(strategy, ctx)
+        self.mode, self.delta, self.target = mode, delta, target_epsilon
+        self.acc = accountant(delta)
+        self.sampled = 0
+        self._global: dict[str, np.ndarray] = {}
+        self.last: dict[str, Any] = {}
+
+    @property
+    def z(self) -> float:
+        return float(self.strategy.noise_multiplier)
+
+    @property
+    def clip(self) -> float:
+        return float(self.strategy.clipping_norm)
+
+    def describe(self) -> str:
+        target = f", target ε {self.target:g}" if self.target > 0 else ""
+        return f"dp({self.mode}, z={self.z:g}, C={self.clip:g}, δ={self.delta:g}{target})"
+
+    def epsilon(self) -> float:
+        return self.acc.get_epsilon(self.delta) if self.acc.num_releases else 0.0
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        if self.target > 0 and self.acc.would_exceed(release(self.z), self.target):
+            raise PrivacyBudgetReached(
+                f"round {server_round} would take ε past strategy.dp.target-epsilon={self.target:g} "
+                f"(ε={self.epsilon():.4g} at δ={self.delta:g} after {self.acc.num_releases} releases): the run "
+                f"ends with the global of round {server_round - 1}")
+        self._global = from_array_record(arrays)
+        msgs = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.sampled = len(msgs)
+        self.strategy.num_sampled_clients = max(1, self.sampled)  # the noise: z * C / (nodes sampled this round)
+        return msgs
+
+    def over_the_norm(self, msg: Message) -> float | None:
+        """The update's norm if a client-clipped update is over the clipping norm (it skipped the clip)."""
+        if self.mode != "client-fixed":
+            return None
+        a = from_array_record(msg.content["arrays"])
+        norm = math.sqrt(sum(float(np.sum(np.square(a[k].astype(np.float64) - g))) for k, g in self._global.items()))
+        return norm if norm > self.clip * (1 + 1e-4) else None
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        traffic, kept = self.ctx.traffic, []
+        for msg in (r for r in replies if not r.has_error()):
+            node = msg.metadata.src_node_id
+            if (norm := self.over_the_norm(msg)) is not None:
+                traffic.rejected.append(f"node {node}: update norm {norm:.4g} is over strategy.dp.clipping-norm "
+                                        f"{self.clip:g} (client-side clipping skipped)")
+                traffic.accepted -= 1
+                traffic.accepted_nodes.discard(node)
+                continue
+            metrics = dict(msg.content["metrics"])
+            metrics["num-examples"] = 1  # equal weights: the sensitivity of the average is C / (updates averaged)
+            msg.content = RecordDict({"arrays": nudge_if_unchanged(msg.content["arrays"], self._global),
+                                      "metrics": MetricRecord(metrics)})
+            kept.append(msg)
+        result = self.strategy.aggregate_train(server_round, kept)
+        if result[0] is not None and kept:
+            z = self.z * min(1.0, len(kept) / max(1, self.sampled))
+            self.acc.compose(release(z))
+            self.last = {"dp_epsilon": self.epsilon(), "dp_delta": self.delta, "dp_noise_multiplier": z,
+                         "dp_releases": self.acc.num_releases}
+        return result
+
+    def export_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"accountant": self.acc.state_dict()}, {}
+
+    def import_state(self, meta: dict[str, Any], arrays: dict[str, Any]) -> None:
+        self.acc.load_state_dict(meta["accountant"])
+
+
+def dp_layers(inner: Any, ctx: StackContext, mode: str, noise_multiplier: float, clipping_norm: float,
+              delta: float, target_epsilon: float) -> PrivacyLedger:
+    """The ledger over Flower's server-side or client-side fixed-clipping wrapper over ``inner``."""
+    wrapper = {"server-fixed": DifferentialPrivacyServerSideFixedClipping,
+               "client-fixed": DifferentialPrivacyClientSideFixedClipping}[mode]
+    dp = wrapper(inner, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm, num_sampled_clients=1)
+    return PrivacyLedger(dp, ctx, mode, delta, target_epsilon)
