@@ -188,6 +188,7 @@ def test_the_dp_stack_has_no_data_dependent_bound_and_says_what_it_is():
     text = describe(dp_stack(z=1.5, clip=0.2, target=8.0))
     assert "dp(server-fixed, z=1.5, C=0.2, δ=1e-05, target ε 8)" in text
     assert "DifferentialPrivacyServerSideFixedClipping" in text and "norm-bound" not in text
+    assert "guard(finite)" in text  # the noise may be many times the adapter's norm: no growth bound
     with pytest.raises(LookupError):
         find_layer(dp_stack(), NormBound)
     assert "norm-bound(fixed 5)" in describe(dp_stack(norm_bound=5.0))  # a fixed bound is data-independent
