@@ -23,7 +23,9 @@ def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_de
         tmp_path, tiny_model_dir, tiny_data_file):
     """Entry path `flwr run . --run-config "$(flowertune presets --run-config medical k=v ...)"`: r=8 is the
     default and the medical preset says 32; the user's 8 wins, the preset's alpha 64 stays. The same run is
-    client-level DP (server-side clipping and noise) with a target ε between what 2 and 3 rounds spend: it
+    client-level DP with client-side clipping (Flower's fixedclipping_mod in the real ClientApp; the server
+    rejects an update over the norm, 1e-3 here, under what two Adam steps move this adapter: without the
+    mod's clipping no round would have usable updates) and a target ε between what 2 and 3 rounds spend: it
     stops before round 3 with the reason, ε per round in metrics.jsonl, the round-2 global as final adapter."""
     from safetensors.numpy import load_file
 
@@ -35,8 +37,8 @@ def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_de
     home, out = tmp_path / "home", tmp_path / "plain"
     env = {**isolated_env(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     user = [*tiny_overrides(tiny_model_dir, tiny_data_file, **{
-                "num-server-rounds": 3, "strategy.dp.mode": "server-fixed", "strategy.dp.noise-multiplier": z,
-                "strategy.dp.clipping-norm": 0.05, "strategy.dp.delta": delta, "strategy.dp.target-epsilon": target}),
+                "num-server-rounds": 3, "strategy.dp.mode": "client-fixed", "strategy.dp.noise-multiplier": z,
+                "strategy.dp.clipping-norm": 1e-3, "strategy.dp.delta": delta, "strategy.dp.target-epsilon": target}),
             "model.lora.peft-lora-r=8",
             "model.quantization=0", "model.dtype=\"float32\"", "model.gradient-checkpointing=false",
             "train.training-arguments.optim=\"adamw_torch\"", f"run.output-dir=\"{out}\"", "strategy.fraction-evaluate=1.0",
@@ -56,7 +58,7 @@ def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_de
     assert adapter["r"] == 8 and adapter["lora_alpha"] == 64
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert [r["dp_releases"] for r in rows[1:]] == [1, 2]
+    assert [r["dp_releases"] for r in rows[1:]] == [1, 2] and all(r["rejected"] == [] for r in rows[1:])
     assert rows[1]["dp_epsilon"] == pytest.approx(planned_epsilon(z, 1, delta))
     assert rows[2]["dp_epsilon"] == pytest.approx(planned_epsilon(z, 2, delta)) and rows[2]["dp_epsilon"] <= target
     stopped = json.loads((out / "stopped.json").read_text())["reason"]

@@ -160,6 +160,7 @@ def test_the_ledger_accounts_each_release_and_a_short_round_at_the_smaller_multi
     msgs = configure(s, glob, NODES[:4], rnd=3)
     s.aggregate_train(3, [reply(m, zeros()) for m in msgs[:2]])
     assert ledger.last["dp_noise_multiplier"] == pytest.approx(z / 2)
+    assert ledger.last["dp_epsilon_round"] == pytest.approx(closed_form_rdp_epsilon(z / 2, 1, delta), rel=0.02)
     rdp3 = 2 / (2 * z * z) + 1 / (2 * (z / 2) ** 2)  # RDP per unit order of the three releases
     assert ledger.last["dp_epsilon"] == pytest.approx(closed_form_rdp_epsilon(1 / math.sqrt(2 * rdp3), 1, delta),
                                                       rel=0.02)

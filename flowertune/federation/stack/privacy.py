@@ -156,8 +156,8 @@ class PrivacyLedger(Layer):
         if result[0] is not None and kept:
             z = self.z * min(1.0, len(kept) / max(1, self.sampled))
             self.acc.compose(release(z))
-            self.last = {"dp_epsilon": self.epsilon(), "dp_delta": self.delta, "dp_noise_multiplier": z,
-                         "dp_releases": self.acc.num_releases}
+            self.last = {"dp_epsilon": self.epsilon(), "dp_epsilon_round": planned_epsilon(z, 1, self.delta),
+                         "dp_delta": self.delta, "dp_noise_multiplier": z, "dp_releases": self.acc.num_releases}
         return result
 
     def export_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
