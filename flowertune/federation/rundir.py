@@ -228,7 +228,7 @@ def privacy_line(run: Path) -> str | None:
     return (f"client-level DP ({config['strategy.dp.mode']}, noise multiplier {config['strategy.dp.noise-multiplier']}"
             f", clipping norm {config['strategy.dp.clipping-norm']}): ε = {last['dp_epsilon']:.4g} at δ = "
             f"{last['dp_delta']:g} after {last['dp_releases']} releases (round {last['round']}); RDP accounting, "
-            "neighbouring federations differ by one node's whole data, no amplification by sampling")
+            "neighbouring federations differ by one node's whole data (zero-out), no amplification by sampling")
 
 
 def read_stopped(run: Path) -> str | None:

@@ -14,8 +14,9 @@ flowertune's ClientApp, told the norm by Flower's ``DifferentialPrivacyClientSid
 train config) and the server adds the same noise. The server does not take the clipping on trust: a decoded
 update whose norm is over ``C`` is rejected with the reason (a node that skipped the mod).
 
-Accounting: neighbouring federations differ by one node's whole contribution (add or remove one node's data),
-each aggregate is one Gaussian release, composed over rounds (every aggregate counts, also one the global guard
+Accounting: neighbouring federations differ by one node's whole contribution, in the zero-out form of add or
+remove one node (Kairouz et al. 2021): its update replaced by a zero update, every count unchanged, so one node
+moves the mean of ``m`` clipped updates by at most ``C / m``. Each aggregate is one Gaussian release, composed over rounds (every aggregate counts, also one the global guard
 then drops or a retried try), with **no amplification by sampling** -- valid whatever the sampling, and the
 conservative choice: flowertune samples nodes with a seed from the config, which whoever knows the config can
 replay, so the sampling is not secret. ``strategy.dp.target-epsilon``: before each round the ledger checks
@@ -48,7 +49,7 @@ from flowertune.federation.records import from_array_record, nudge_if_unchanged
 from flowertune.federation.stack.base import Layer, StackContext
 
 MODES = ("off", "server-fixed", "client-fixed")
-NEIGHBOURING = "add or remove one node's whole contribution (client-level)"
+NEIGHBOURING = "one node's whole contribution added or removed, as a zero update (client-level, zero-out)"
 SAMPLING = "no amplification by sampling (valid for any node sampling)"
 
 
