@@ -376,6 +376,9 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.strategy.trimmed_beta < 0.5, "strategy.trimmed-beta must be in [0, 0.5)")
     need(cfg.strategy.multikrum_select >= 1, "strategy.multikrum-select must be >= 1")
     validate_dp(cfg.strategy, need)
+    need(cfg.strategy.dp_mode != "client-fixed" or cfg.run.wire_codec == "fp32",
+         f"strategy.dp.mode=client-fixed needs wire.codec=fp32: the server checks each decoded update against the "
+         f"clipping norm, and {cfg.run.wire_codec}'s rounding (and residual) would push clipped updates past it")
     need(cfg.run.progress_every_s >= 0, "run.progress-every-s must be >= 0 seconds (0 = no progress lines)")
     need(not cfg.run.resume or cfg.run.output_dir != "",
          "run.resume needs run.output-dir (the run directory to continue); or use `flowertune run --resume DIR`")

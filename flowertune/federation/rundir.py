@@ -224,7 +224,8 @@ def privacy_line(run: Path) -> str | None:
     rows = [r for r in read_metrics(run) if r.get("dp_epsilon") is not None]
     if not rows:
         return f"client-level DP ({config['strategy.dp.mode']}): no private round released yet"
-    last = rows[-1]
+    summary = read_summary(run) or {}
+    last = {**rows[-1], **{k: summary[k] for k in ("dp_epsilon", "dp_releases") if k in summary}}
     return (f"client-level DP ({config['strategy.dp.mode']}, noise multiplier {config['strategy.dp.noise-multiplier']}"
             f", clipping norm {config['strategy.dp.clipping-norm']}): ε = {last['dp_epsilon']:.4g} at δ = "
             f"{last['dp_delta']:g} after {last['dp_releases']} releases (round {last['round']}); RDP accounting, "

@@ -407,6 +407,15 @@ def metrics_row(out: RoundOutcome, strategy: Any, progress: Progress, directory:
     }
 
 
+def check_privacy_budget(strategy: Any, r: int) -> None:
+    """:class:`PrivacyBudgetReached` if round ``r`` would pass ``strategy.dp.target-epsilon`` (DP runs only)."""
+    try:
+        ledger = find_layer(strategy, PrivacyLedger)
+    except LookupError:
+        return
+    ledger.check_budget(r)
+
+
 def privacy_spent(strategy: Any) -> dict[str, Any]:
     """``dp_epsilon`` (cumulative, at ``dp_delta``) and the round's release, for a DP run; else nothing."""
     try:
@@ -448,10 +457,14 @@ def _rounds(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks) -> dict[str,
     rounds = cfg.run.num_server_rounds
     for r in range(progress.round + 1, rounds + 1):
         try:
+            check_privacy_budget(strategy, r)  # before waiting for nodes
             out = one_round(strategy, grid, r, progress, cfg, directory, run_dir, past_round_s)
-        except PrivacyBudgetReached as exc:  # before the round's tasks went out: the last global is final
+        except PrivacyBudgetReached as exc:  # nothing of round r was noised: the last global is final
             run_dir.stopped(str(exc))
             log.warning("run ends at the privacy budget: %s", exc)
+            every = cfg.train.eval_every_round
+            if every > 0 and progress.round % every != 0:  # the final adapter gets its evaluation
+                progress.last_eval = evaluate_round(strategy, grid, progress.round, progress.arrays, cfg)
             return finish(progress, cfg, run_dir, n_params, t_start, strategy, stopped=str(exc))
         progress.round = r
         progress.wall_s = time.perf_counter() - t_start

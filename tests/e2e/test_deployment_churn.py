@@ -10,6 +10,9 @@ under a new node id, gets a full adapter (delta codec: the server holds no copy 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 
@@ -22,15 +25,21 @@ pytestmark = pytest.mark.slow  # a minute or more of Flower runs
 
 
 def test_a_node_killed_mid_round_is_counted_its_worker_exits_and_it_rejoins(tmp_path):
-    out, home = tmp_path / "run", tmp_path / "home"
+    out, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    # soak.py's Flower processes live in its own session (killed as a group if it times out); its temporary
+    # root, and so its workers' home, under tmp_path
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--quick", "--out", str(out)],
+                            env={**isolated_env(tmp_path / "home"), "TMPDIR": str(tmp)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--quick", "--out", str(out)],
-                              env=isolated_env(home), capture_output=True, text=True, timeout=900, cwd=REPO,
-                              check=False)
+        stdout, stderr = proc.communicate(timeout=900)
     finally:
-        kill_processes_mentioning(str(home))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
-    assert "churn: 1 SuperNodes killed and restarted (rounds 2); each killed node's worker exited" in proc.stdout
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_processes_mentioning(str(tmp))
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-4000:]
+    assert "churn: 1 SuperNodes killed and restarted (rounds 2); each killed node's worker exited" in stdout
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     r1, r2, r3 = rows[1:]

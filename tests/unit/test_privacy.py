@@ -294,3 +294,38 @@ def test_the_client_mod_clips_the_fp32_update_when_the_server_asks(norm):
     # without the server's norm (DP off): the reply passes untouched
     out = dp_clip_mod(_train_message(glob, {"lr": 0.1}), ctx, handler)
     assert all(np.array_equal(from_array_record(out.content["arrays"])[k], trained[k]) for k in BIG)
+
+
+def test_client_fixed_needs_the_lossless_codec():
+    with pytest.raises(ConfigError, match="client-fixed needs wire.codec=fp32"):
+        from_flat({"strategy.dp.mode": "client-fixed", "wire.codec": "delta-int8"})
+    with pytest.raises(ConfigError, match="client-fixed needs wire.codec=fp32"):
+        from_flat({"strategy.dp.mode": "client-fixed", "wire.codec": "fp16"})
+    assert from_flat({"strategy.dp.mode": "server-fixed", "wire.codec": "delta-int8"}).run.wire_codec == "delta-int8"
+
+
+def test_a_short_round_that_would_pass_the_target_stops_before_its_aggregate_is_noised():
+    z, delta = 3.0, 1e-5
+    # the target fits two full rounds, but not one full round and one with half the sampled nodes (z/2)
+    target = (planned_epsilon(z, 2, delta) + closed_form_rdp_epsilon(1 / math.sqrt(1 / z**2 + 4 / z**2), 1, delta)) / 2
+    full_then_short = closed_form_rdp_epsilon(1 / math.sqrt(1 / z**2 + 4 / z**2), 1, delta)
+    assert planned_epsilon(z, 2, delta) <= target < full_then_short  # (RDP of z then z/2: 1/z² + 4/z² per α/2)
+    s = dp_stack(z=z, delta=delta, target=target)
+    glob = zeros()
+    msgs = configure(s, glob, NODES[:4], rnd=1)
+    s.aggregate_train(1, [reply(m, zeros()) for m in msgs])
+    msgs = configure(s, glob, NODES[:4], rnd=2)  # a full round would still fit
+    with pytest.raises(PrivacyBudgetReached, match="round 2 would take ε past"):
+        s.aggregate_train(2, [reply(m, zeros()) for m in msgs[:2]])  # two of four reply: z/2
+    assert find_layer(s, PrivacyLedger).acc.num_releases == 1  # nothing released for round 2
+
+
+def test_a_resumed_ledger_reports_what_was_spent_before_its_next_release():
+    s = dp_stack(z=2.0)
+    glob = zeros()
+    s.aggregate_train(1, [reply(m, zeros()) for m in configure(s, glob, NODES[:3])])
+    meta, arrays = export_state(s)
+    fresh = dp_stack(z=2.0)
+    import_state(fresh, meta, arrays)
+    last = find_layer(fresh, PrivacyLedger).last
+    assert last["dp_releases"] == 1 and last["dp_epsilon"] == pytest.approx(planned_epsilon(2.0, 1, 1e-5))

@@ -292,6 +292,12 @@ def test_the_direction_check_needs_three_replies_and_its_bound_is_checked():
     for bad in (1.0, -1.01, float("nan")):
         with pytest.raises(ConfigError, match="strategy.min-cosine-to-median"):
             from_flat({"strategy.min-cosine-to-median": bad})
+    # a zero median update (here u, -u and no change): no direction to compare with, nobody rejected
+    s = stack()
+    msgs = configure(s, nodes=NODES[:3])
+    s.aggregate_train(1, [reply(msgs[0], a), reply(msgs[1], {k: -v for k, v in a.items()}),
+                          reply(msgs[2], arrays(0.0))])
+    assert s.traffic.rejected == [] and s.traffic.accepted == 3
     with pytest.raises(LookupError):  # -1: off
         find_layer(stack(min_cosine_to_median=-1.0), DirectionCheck)
     assert find_layer(stack(min_cosine_to_median=0.5), DirectionCheck).min_cosine == 0.5

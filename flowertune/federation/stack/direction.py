@@ -3,7 +3,7 @@ coordinate-wise median of the round's updates, and one whose cosine with it is a
 ``strategy.min-cosine-to-median`` (default 0: orthogonal or opposed) is rejected with the reason, like a reply
 the gate refuses. With an honest majority the median points where the honest nodes go, so a sign-flipped
 update (cosine near -1) is left out while honest updates of similar data (cosine well above 0) all pass.
-Fewer than 3 updates: skipped (with two, either one sets the median). Under ``strategy.dp.mode`` it is off:
+Fewer than 3 updates, or a zero median update: skipped (with two, either one sets the median). Under ``strategy.dp.mode`` it is off:
 it depends on the other nodes' updates, outside the accounted mechanism.
 """
 
@@ -24,18 +24,21 @@ from flowertune.federation.stack.base import Layer, StackContext
 log = logging.getLogger(__name__)
 
 
-def cosines_to_median(updates: list[dict[str, np.ndarray]]) -> list[float]:
-    """Cosine of each update with the coordinate-wise median of all of them (0 for a zero vector); one tensor
-    at a time, so the peak memory is the updates of the largest tensor."""
-    dots, norms, median_sq = [0.0] * len(updates), [0.0] * len(updates), 0.0
-    for k in updates[0]:
-        stacked = np.stack([u[k].ravel() for u in updates]).astype(np.float64)
+def cosines_to_median(replies: list[dict[str, np.ndarray]], glob: dict[str, np.ndarray]) -> list[float] | None:
+    """Cosine of each update ``reply - glob`` with the coordinate-wise median of all of them, or None when that
+    median is zero (no direction to compare with). One tensor at a time: the peak memory is the updates of the
+    largest tensor, in float64."""
+    dots, norms, median_sq = [0.0] * len(replies), [0.0] * len(replies), 0.0
+    for k, g in glob.items():
+        stacked = np.stack([r[k].ravel() for r in replies]).astype(np.float64) - g.ravel()
         med = np.median(stacked, axis=0)
         median_sq += float(med @ med)
         for i, row in enumerate(stacked):
             dots[i] += float(row @ med)
             norms[i] += float(row @ row)
-    return [d / math.sqrt(n * median_sq) if n > 0 and median_sq > 0 else 0.0 for d, n in zip(dots, norms)]
+    if median_sq == 0:
+        return None
+    return [d / math.sqrt(n * median_sq) if n > 0 else 0.0 for d, n in zip(dots, norms)]
 
 
 class DirectionCheck(Layer):
@@ -64,11 +67,11 @@ class DirectionCheck(Layer):
         if len(usable) < 3:
             self.last_cosines = []
             return self.strategy.aggregate_train(server_round, replies)
-        updates = []
-        for msg in usable:
-            a = from_array_record(msg.content["arrays"])
-            updates.append({k: a[k].astype(np.float64) - g for k, g in self._global.items()})
-        self.last_cosines = cosines_to_median(updates)
+        cosines = cosines_to_median([from_array_record(m.content["arrays"]) for m in usable], self._global)
+        if cosines is None:  # the median update is zero: nothing to point away from
+            self.last_cosines = []
+            return self.strategy.aggregate_train(server_round, replies)
+        self.last_cosines = cosines
         traffic, keep = self.ctx.traffic, []
         for msg, cos in zip(usable, self.last_cosines):
             if cos > self.min_cosine:

@@ -26,6 +26,7 @@ whether one more release would take ε past the target at ``strategy.dp.delta``;
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -47,6 +48,8 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from flowertune.federation.records import from_array_record, nudge_if_unchanged
 from flowertune.federation.stack.base import Layer, StackContext
+
+log = logging.getLogger(__name__)
 
 MODES = ("off", "server-fixed", "client-fixed")
 NEIGHBOURING = "one node's whole contribution added or removed, as a zero update (client-level, zero-out)"
@@ -116,13 +119,19 @@ class PrivacyLedger(Layer):
     def epsilon(self) -> float:
         return self.acc.get_epsilon(self.delta) if self.acc.num_releases else 0.0
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        if self.target > 0 and self.acc.would_exceed(release(self.z), self.target):
+    def check_budget(self, server_round: int, z: float | None = None) -> None:
+        """:class:`PrivacyBudgetReached` if one more release at multiplier ``z`` (default: everyone replies)
+        would take ε past the target; called before a round's nodes are awaited, before its tasks go out, and
+        before a round's noised aggregate is made (a short round or a retry spends more than planned)."""
+        if self.target > 0 and self.acc.would_exceed(release(self.z if z is None else z), self.target):
             raise PrivacyBudgetReached(
                 f"round {server_round} would take ε past strategy.dp.target-epsilon={self.target:g} "
                 f"(ε={self.epsilon():.4g} at δ={self.delta:g} after {self.acc.num_releases} releases): the run "
                 f"ends with the global of round {server_round - 1}")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.check_budget(server_round)
         self._global = from_array_record(arrays)
         msgs = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.sampled = len(msgs)
@@ -147,15 +156,19 @@ class PrivacyLedger(Layer):
                                         f"{self.clip:g} (client-side clipping skipped)")
                 traffic.accepted -= 1
                 traffic.accepted_nodes.discard(node)
+                traffic.client_metrics.pop(node, None)
+                log.warning("round %d: rejected the update of node %s: %s", server_round, node, traffic.rejected[-1])
                 continue
             metrics = dict(msg.content["metrics"])
             metrics["num-examples"] = 1  # equal weights: the sensitivity of the average is C / (updates averaged)
             msg.content = RecordDict({"arrays": nudge_if_unchanged(msg.content["arrays"], self._global),
                                       "metrics": MetricRecord(metrics)})
             kept.append(msg)
+        z = self.z * min(1.0, len(kept) / max(1, self.sampled))
+        if kept:
+            self.check_budget(server_round, z)  # nothing noised yet: the run ends with the last global
         result = self.strategy.aggregate_train(server_round, kept)
         if result[0] is not None and kept:
-            z = self.z * min(1.0, len(kept) / max(1, self.sampled))
             self.acc.compose(release(z))
             self.last = {"dp_epsilon": self.epsilon(), "dp_epsilon_round": planned_epsilon(z, 1, self.delta),
                          "dp_delta": self.delta, "dp_noise_multiplier": z, "dp_releases": self.acc.num_releases}
@@ -166,6 +179,8 @@ class PrivacyLedger(Layer):
 
     def import_state(self, meta: dict[str, Any], arrays: dict[str, Any]) -> None:
         self.acc.load_state_dict(meta["accountant"])
+        if self.acc.num_releases:  # what the summary reports if the run ends before its next release
+            self.last = {"dp_epsilon": self.epsilon(), "dp_delta": self.delta, "dp_releases": self.acc.num_releases}
 
 
 def dp_layers(inner: Any, ctx: StackContext, mode: str, noise_multiplier: float, clipping_norm: float,
