@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from flowertune.federation.records import to_array_record
+from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.state import split_prefixed
 
 
@@ -98,6 +98,19 @@ class Layer(Strategy):
 
     def import_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """Inverse of :meth:`export_state`."""
+
+
+class UpdateLayer(Layer):
+    """A layer that judges the updates ``reply - global``: it keeps the round's global (float64) as it goes out."""
+
+    def __init__(self, strategy: Strategy, ctx: StackContext) -> None:
+        super().__init__(strategy, ctx)
+        self._global: dict[str, np.ndarray] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._global = {k: v.astype(np.float64) for k, v in from_array_record(arrays).items()}
+        return self.strategy.configure_train(server_round, arrays, config, grid)
 
 
 def layers(top: Strategy) -> list[Strategy]:

@@ -15,11 +15,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from flowertune.federation.records import from_array_record
-from flowertune.federation.stack.base import Layer, StackContext
+from flowertune.federation.stack.base import StackContext, UpdateLayer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def cosines_to_median(replies: list[dict[str, np.ndarray]], glob: dict[str, np.n
     return [d / math.sqrt(n * median_sq) if n > 0 else 0.0 for d, n in zip(dots, norms)]
 
 
-class DirectionCheck(Layer):
+class DirectionCheck(UpdateLayer):
     """Rejects updates whose cosine with the round's median update is at most ``min_cosine``."""
 
     name = "direction"
@@ -49,16 +48,10 @@ class DirectionCheck(Layer):
     def __init__(self, strategy: Any, ctx: StackContext, min_cosine: float = 0.0) -> None:
         super().__init__(strategy, ctx)
         self.min_cosine = min_cosine
-        self._global: dict[str, np.ndarray] = {}
         self.last_cosines: list[float] = []
 
     def describe(self) -> str:
         return f"direction(cos to median > {self.min_cosine:g})"
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._global = {k: v.astype(np.float64) for k, v in from_array_record(arrays).items()}
-        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -18,11 +18,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from flowertune.federation.records import from_array_record, to_array_record
-from flowertune.federation.stack.base import Layer, StackContext
+from flowertune.federation.stack.base import StackContext, UpdateLayer
 
 
 def update_norm(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
@@ -41,7 +40,7 @@ def bound_update(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]
     return {k: (reference[k] + update[k] * scale).astype(np.float32) for k in reference}, norm
 
 
-class NormBound(Layer):
+class NormBound(UpdateLayer):
     """Scales each decoded update to the bound; with ``adaptive``, moves the bound toward a norm quantile."""
 
     name = "norm-bound"
@@ -51,7 +50,6 @@ class NormBound(Layer):
                  quantile: float = 0.5, lr: float = 0.2, median: float = 0.0) -> None:
         super().__init__(strategy, ctx)
         self.bound, self.adaptive, self.quantile, self.lr, self.median = bound, adaptive, quantile, lr, median
-        self._global: dict[str, np.ndarray] = {}
         self.last_norms: list[float] = []
 
     def describe(self) -> str:
@@ -65,11 +63,6 @@ class NormBound(Layer):
         if self.median > 0 and len(norms) >= 3:
             limits.append(self.median * float(np.median(norms)))
         return min(limits, default=math.inf)
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._global = {k: v.astype(np.float64) for k, v in from_array_record(arrays).items()}
-        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -27,11 +27,9 @@ whether one more release would take ε past the target at ``strategy.dp.delta``;
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -47,7 +45,8 @@ from flwr.supercore.privacy_accounting import (
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from flowertune.federation.records import from_array_record, nudge_if_unchanged
-from flowertune.federation.stack.base import Layer, StackContext
+from flowertune.federation.stack.base import StackContext, UpdateLayer
+from flowertune.federation.stack.normbound import update_norm
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def rounds_within(noise_multiplier: float, delta: float, target: float, limit: i
     return n
 
 
-class PrivacyLedger(Layer):
+class PrivacyLedger(UpdateLayer):
     """Above Flower's DP wrapper: tells it the round's sample size, makes the weights equal, checks that
     client-clipped updates are within the norm, accounts each release, and stops the run before the one that
     would exceed the target ε."""
@@ -101,7 +100,6 @@ class PrivacyLedger(Layer):
         self.mode, self.delta, self.target = mode, delta, target_epsilon
         self.acc = accountant(delta)
         self.sampled = 0
-        self._global: dict[str, np.ndarray] = {}
         self.last: dict[str, Any] = {}
 
     @property
@@ -132,8 +130,7 @@ class PrivacyLedger(Layer):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.check_budget(server_round)
-        self._global = from_array_record(arrays)
-        msgs = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        msgs = list(super().configure_train(server_round, arrays, config, grid))
         self.sampled = len(msgs)
         self.strategy.num_sampled_clients = max(1, self.sampled)  # the noise: z * C / (nodes sampled this round)
         return msgs
@@ -142,8 +139,7 @@ class PrivacyLedger(Layer):
         """The update's norm if a client-clipped update is over the clipping norm (it skipped the clip)."""
         if self.mode != "client-fixed":
             return None
-        a = from_array_record(msg.content["arrays"])
-        norm = math.sqrt(sum(float(np.sum(np.square(a[k].astype(np.float64) - g))) for k, g in self._global.items()))
+        norm = update_norm(from_array_record(msg.content["arrays"]), self._global)
         return norm if norm > self.clip * (1 + 1e-4) else None
 
     def aggregate_train(self, server_round: int,
