@@ -17,6 +17,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flowertune import client_app as ft
 
 ATTACKS: dict[int, str] = {}  # partition id -> attack; written when the app is generated
+RECORD_DIR = ""  # where "secagg-record" / "secagg-drop" nodes write what they trained (benchmarks/privacy.py)
 UPDATE_ATTACKS = {"scale100": 100.0, "sign-flip": -1.0}
 
 
@@ -38,6 +39,13 @@ def hostile_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     glob = {k: v.numpy().copy() for k, v in msg.content["arrays"].items()}
     reply = call_next(msg, context)
     if reply.has_error():
+        return reply
+    if kind in ("secagg-record", "secagg-drop"):  # the plaintext a SecAgg+ node masks: kept for the check
+        pid, rnd = int(context.node_config["partition-id"]), int(msg.content["config"]["server-round"])
+        trained = {f"trained/{k}": v.numpy() for k, v in reply.content["arrays"].items()}
+        np.savez(f"{RECORD_DIR}/{kind}-p{pid}-r{rnd}.npz", **{f"global/{k}": v for k, v in glob.items()}, **trained)
+        if kind == "secagg-drop":
+            raise RuntimeError("this node drops out after training, before it sends its masked update")
         return reply
     metrics = dict(reply.content["metrics"])
     trained = {k: v.numpy() for k, v in reply.content["arrays"].items()}
@@ -73,7 +81,7 @@ def on_the_wire_mod(msg: Message, context: Context, call_next: ClientAppCallable
     return reply
 
 
-app = ClientApp(mods=[ft.error_mod, on_the_wire_mod, ft.wire_mod, hostile_mod, ft.dp_clip_mod])
+app = ClientApp(mods=[ft.error_mod, on_the_wire_mod, ft.secagg_mod, ft.wire_mod, hostile_mod, ft.dp_clip_mod])
 app.query()(ft.query)
 app.train()(ft.train)
 app.evaluate()(ft.evaluate)

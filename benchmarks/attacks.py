@@ -61,15 +61,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def app_dir(root: Path, attacks: dict[int, str]) -> Path:
-    """A Flower app: flowertune's ServerApp, and the hostile ClientApp with ``attacks`` (partition -> attack)."""
+def app_dir(root: Path, attacks: dict[int, str], record_dir: Path | None = None) -> Path:
+    """A Flower app: flowertune's ServerApp, and the hostile ClientApp with ``attacks`` (partition -> attack);
+    ``record_dir``: where the SecAgg+ check's nodes write what they trained."""
     from flowertune.config import pyproject_section
 
     d = root / "app"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     source = (REPO / "benchmarks" / "_hostile_app.py").read_text()
-    (d / "hostile_app.py").write_text(source.replace("ATTACKS: dict[int, str] = {}", f"ATTACKS = {attacks!r}"))
+    source = source.replace("ATTACKS: dict[int, str] = {}", f"ATTACKS = {attacks!r}")
+    (d / "hostile_app.py").write_text(source.replace('RECORD_DIR = ""', f"RECORD_DIR = {str(record_dir or '')!r}"))
     (d / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
         '[project]\nname = "flowertune-attacks"\nversion = "0.1.0"\ndependencies = []\n\n'

@@ -1,7 +1,8 @@
 """ClientApp: translate Flower messages to the client tasks and back.
 
 Client-side concerns are Flower mods around the handlers: ``error_mod`` (outermost) turns any exception into
-an error reply that carries no traceback or data; ``wire_mod`` decodes the server's payload to
+an error reply that carries no traceback or data; ``secagg_mod`` runs Flower's ``secaggplus_mod`` for the
+messages of a SecAgg+ round (masking this node's update); ``wire_mod`` decodes the server's payload to
 fp32 before a handler (or a later mod) sees it and encodes the reply on the way out, so the handlers only ever
 see full fp32 adapters; ``dp_clip_mod`` runs Flower's ``fixedclipping_mod`` on the fp32 update when the
 server asks for client-side DP clipping.
@@ -23,6 +24,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flowertune.config import Config, ConfigError, resolve
 from flowertune.federation import worker
 from flowertune.federation.records import from_array_record, nudge_if_unchanged, to_array_record
+from flowertune.federation.secagg_client import secagg_mod
 from flowertune.federation.wire_client import wire_mod
 from flowertune.federation.worker import WorkerTaskError
 from flowertune.logs import setup_logging
@@ -71,7 +73,7 @@ def dp_clip_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     return fixedclipping_mod(msg, context, train)
 
 
-app = ClientApp(mods=[error_mod, wire_mod, dp_clip_mod])
+app = ClientApp(mods=[error_mod, secagg_mod, wire_mod, dp_clip_mod])
 
 
 def _partition(context: Context) -> tuple[int, int]:

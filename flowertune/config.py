@@ -150,6 +150,20 @@ class StrategyConfig:
     dp_delta: float = key("strategy.dp.delta", 1e-5, "δ of the reported (ε, δ); keep it below 1 / nodes")
     dp_target_epsilon: float = key("strategy.dp.target-epsilon", 0.0,
                                    "stop before the round that would take ε past this (0 = no limit)")
+    secagg_mode: str = key("strategy.secagg.mode", "off",
+                           "secure aggregation: off | secagg+ (Flower's SecAgg+ protocol: the server learns only the "
+                           "sum of the round's updates; needs wire.codec=fp32)")
+    secagg_num_shares: float = key("strategy.secagg.num-shares", 1.0,
+                                   "share of a round's sampled nodes that hold pieces of each node's secrets (1 = all)")
+    secagg_threshold: float = key("strategy.secagg.threshold", 0.5,
+                                  "share of those pieces needed to rebuild a secret: higher resists more colluding "
+                                  "nodes, lower survives more nodes dropping out mid-round (at least 2 pieces)")
+    secagg_clipping_range: float = key("strategy.secagg.clipping-range", 0.1,
+                                       "each entry of an update (trained - global) is clipped to +-this before "
+                                       "quantization")
+    secagg_quantization_bits: int = key("strategy.secagg.quantization-bits", 22,
+                                        "bits of each quantized entry (the sum is taken modulo 2^32: at most "
+                                        "2^(32 - bits) nodes a round)")
 
 
 @dataclass(frozen=True)
@@ -376,6 +390,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.strategy.trimmed_beta < 0.5, "strategy.trimmed-beta must be in [0, 0.5)")
     need(cfg.strategy.multikrum_select >= 1, "strategy.multikrum-select must be >= 1")
     validate_dp(cfg.strategy, need)
+    validate_secagg(cfg.strategy, cfg.run.wire_codec, need)
     need(cfg.strategy.dp_mode != "client-fixed" or cfg.run.wire_codec == "fp32",
          f"strategy.dp.mode=client-fixed needs wire.codec=fp32: the server checks each decoded update against the "
          f"clipping norm, and {cfg.run.wire_codec}'s rounding (and residual) would push clipped updates past it")
@@ -404,6 +419,29 @@ def validate_dp(c: StrategyConfig, need: Callable[[bool, str], None]) -> None:
     need(not c.norm_bound_adaptive, "strategy.norm-bound-adaptive moves with the updates and would leak them "
          "outside the accounted mechanism; with strategy.dp.mode use strategy.dp.clipping-norm (or a fixed "
          "strategy.norm-bound)")
+
+
+def validate_secagg(c: StrategyConfig, codec: str, need: Callable[[bool, str], None]) -> None:
+    """``strategy.secagg.*``: the server sees only the sum of the updates, so nothing above it may need one update."""
+    need(c.secagg_mode in ("off", "secagg+"), f"strategy.secagg.mode={c.secagg_mode!r} is not valid; choose off or "
+         "secagg+")
+    if c.secagg_mode == "off":
+        return
+    need(0 < c.secagg_num_shares <= 1, "strategy.secagg.num-shares must be in (0, 1] (a share of the sampled nodes)")
+    need(0 < c.secagg_threshold <= 1, "strategy.secagg.threshold must be in (0, 1] (a share of the pieces)")
+    need(0 < c.secagg_clipping_range < math.inf, "strategy.secagg.clipping-range must be a finite number > 0")
+    need(8 <= c.secagg_quantization_bits <= 30, "strategy.secagg.quantization-bits must be in [8, 30]")
+    need(codec == "fp32", f"strategy.secagg.mode=secagg+ needs wire.codec=fp32: masked updates are summed as fixed-point "
+         f"integers, which {codec}'s per-node encoding cannot be")
+    need(c.name in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"),
+         f"strategy.secagg.mode=secagg+ needs an aggregator of the mean (fedavg, fedprox, fedavgm, fedadam, fedyogi): "
+         f"{c.name} needs each update, which secure aggregation hides from the server")
+    need(c.dp_mode != "server-fixed", "strategy.secagg.mode=secagg+ hides each update from the server, which therefore "
+         "cannot clip it: use strategy.dp.mode=client-fixed (each node clips its own; the server noises the sum)")
+    need(c.norm_bound == 0, "strategy.norm-bound needs each update, which secure aggregation hides from the server; "
+         "set it to 0 (strategy.secagg.clipping-range bounds every entry, strategy.dp.mode=client-fixed the norm)")
+    need(c.min_train_nodes >= 2, "strategy.secagg.mode=secagg+ needs strategy.min-train-nodes >= 2 (a sum of one "
+         "update is that update)")
 
 
 def check_names(cfg: Config) -> None:

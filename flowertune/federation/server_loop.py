@@ -22,6 +22,7 @@ from flowertune.eval.leaderboard import MB
 from flowertune.federation.progress import RoundTicker, send_and_receive
 from flowertune.federation.records import message_bytes, to_array_record
 from flowertune.federation.rundir import RunDir, read_metrics
+from flowertune.federation.secagg import secure_round
 from flowertune.federation.sinks import Sinks
 from flowertune.federation.stack.base import aggregator, find_layer
 from flowertune.federation.stack.codec import WireCodec
@@ -273,12 +274,20 @@ def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float
         msgs = list(strategy.configure_train(r, progress.arrays, config, grid))
         ticker = RoundTicker(r, cfg.run.num_server_rounds, cfg.run.progress_every_s, list(past_round_s or []),
                              progress.cumulative + strategy.traffic.down)
-        replies = send_and_receive(grid, msgs, cfg.strategy.round_timeout, on_poll=ticker)
-        new_arrays, metrics = strategy.aggregate_train(r, replies)
+        if cfg.strategy.secagg_mode == "off":
+            replies = send_and_receive(grid, msgs, cfg.strategy.round_timeout, on_poll=ticker)
+            new_arrays, metrics = strategy.aggregate_train(r, replies)
+            lost = len(msgs) - len(replies)
+            extra = [f"{lost} sampled node(s) sent no reply within strategy.round-timeout"] * (lost > 0)
+        else:  # SecAgg+ (federation/secagg.py): the replies carry the unmasked average, not single updates
+            secure = secure_round(grid, msgs, r, cfg.strategy, cfg.strategy.round_timeout)
+            replies = secure.replies
+            new_arrays, metrics = strategy.aggregate_train(r, replies) if replies else (None, None)
+            strategy.traffic.down, strategy.traffic.up = secure.down, secure.up  # all four stages, both ways
+            extra = secure.errors + [secure.halted] * (secure.halted is not None)
         traffic = strategy.traffic
         progress.cumulative += traffic.down + traffic.up  # retried traffic was still sent
-        lost = len(msgs) - len(replies)
-        errors += traffic.errors + [f"{lost} sampled node(s) sent no reply within strategy.round-timeout"] * (lost > 0)
+        errors += traffic.errors + extra
         if traffic.accepted >= need and new_arrays is not None:
             return new_arrays, metrics, msgs, replies, errors
         log.warning("round %d (try %d of %d): %d usable updates, strategy.min-train-nodes=%d: %s", r, attempt + 1,
@@ -324,6 +333,11 @@ def build_stack(cfg: Config, directory: NodeDirectory) -> Any:
     strategy.ctx.rows_of = directory.rows.get
     strategy.ctx.node_wait_s = cfg.strategy.node_wait_timeout
     log.info("strategy stack: %s", describe(strategy))
+    c = cfg.strategy
+    if c.secagg_mode != "off":
+        log.info("uplink: SecAgg+ (Flower's protocol; the server sees only the sum of each round's updates): "
+                 "shares %.2g of the sampled nodes, threshold %.2g of the shares, entries clipped to +-%g, %d bits",
+                 c.secagg_num_shares, c.secagg_threshold, c.secagg_clipping_range, c.secagg_quantization_bits)
     return strategy
 
 

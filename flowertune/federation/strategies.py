@@ -122,12 +122,13 @@ def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap]
         inner = dp_layers(inner, ctx, cfg.dp_mode, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, cfg.dp_delta,
                           cfg.dp_target_epsilon)
     # under DP the median bound and the direction check are off: they depend on the other nodes' updates (the
-    # clipping norm bounds each)
-    median = 0.0 if dp else cfg.norm_bound_median
+    # clipping norm bounds each); under SecAgg+ the server sees no single update to judge
+    judge = not dp and cfg.secagg_mode == "off"
+    median = cfg.norm_bound_median if judge else 0.0
     if cfg.norm_bound > 0 or median > 0:
         inner = NormBound(inner, ctx, cfg.norm_bound, cfg.norm_bound_adaptive, cfg.norm_bound_quantile,
                           median=median)
-    if not dp and cfg.min_cosine_to_median > -1:  # (data-dependent too: off under DP)
+    if judge and cfg.min_cosine_to_median > -1:  # (data-dependent too: off under DP)
         inner = DirectionCheck(inner, ctx, cfg.min_cosine_to_median)
     inner = ReplyGate(inner, ctx, cfg.max_examples_per_node)
     inner = WireCodec(inner, ctx, get_codec(codec, **codec_options))

@@ -12,7 +12,7 @@ from tests.e2e.helpers import isolated_env, kill_processes_mentioning
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if not p.name.startswith("_"))
 # run for real, with its own assertions, by another test: no separate --quick run needed
 RUN_ELSEWHERE = {"quality.py": "tests/e2e/test_finance_frame_slow.py", "soak.py": "tests/e2e/test_deployment_churn.py",
-                 "attacks.py": "tests/e2e/test_attacks_runtime.py"}
+                 "attacks.py": "tests/e2e/test_attacks_runtime.py", "privacy.py": "tests/e2e/test_privacy_runtime.py"}
 
 
 def test_there_are_benchmark_scripts():

@@ -227,7 +227,7 @@ def test_the_wire_mod_hands_fp32_to_fixedclipping_mod_and_the_handler_and_encode
 
     from flowertune.client_app import app
 
-    assert app._mods[1] is wire_client.wire_mod  # the real ClientApp runs it right after error_mod
+    assert app._mods[2] is wire_client.wire_mod  # the real ClientApp runs it after error_mod and secagg_mod (a pass-through here)
 
     bound, seen = 0.05, []
     s = make_strategy(StrategyConfig(fraction_train=1.0, min_train_nodes=1, seed=7), "delta-int8",

@@ -1,0 +1,259 @@
+"""What privacy costs: the finance quality setup (``benchmarks/quality.py``'s fed-iid variant: embedded model,
+10 SuperNodes, 2 a round) under client-level DP at several ε, and under SecAgg+ — score on the full finance
+splits (FPB, FiQA, TFNS, average), rounds reached, bytes and time, each row a real ``flowertune run`` (Flower's
+simulation runtime) and ``flowertune eval``.
+
+Variants:
+
+* ``none``: no DP, no SecAgg+ (ε = ∞), the baseline of every ratio;
+* ``dp-eps8`` / ``dp-eps4`` / ``dp-eps1``: ``strategy.dp.mode=client-fixed`` (each node clips its update to
+  ``--clip``; the server adds Gaussian noise to the mean), the noise multiplier chosen so that the planned
+  rounds spend exactly that ε at ``--delta`` (Flower's RDP accountant; no sampling amplification claimed);
+* ``secagg``: ``strategy.secagg.mode=secagg+`` (the server learns only the sum of each round's updates);
+* ``secagg-dp-eps8``: both (each node clips, the sum is masked, the server noises the unmasked mean).
+
+Record-level DP (DP-SGD inside each node) is not built yet, so it has no row.
+
+    python benchmarks/privacy.py --out /abs/dir                      # all variants, full splits
+    python benchmarks/privacy.py --variants none,secagg --rounds 5 --out /abs/dir
+    python benchmarks/privacy.py --quick    # tiny random model: one SecAgg+ round with a node dropping out
+
+``--quick`` (run and checked by ``tests/e2e/test_privacy_runtime.py``) is a check, not a measurement: 4
+SuperNodes of flowertune's ClientApp (plus the test-only recording mod of ``benchmarks/_hostile_app.py``),
+one round under SecAgg+; the node of partition 3 trains and then drops out before sending its masked update.
+Every node writes the plaintext it masked to disk, and the script compares the run's final adapter with plain
+FedAvg of the nodes that stayed (equal weights), computed here from those files: the difference must be
+within one quantization step (``2 x strategy.secagg.clipping-range / 2^quantization-bits``) plus float32
+rounding, and far from the average that includes the node that dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+VARIANTS = ("none", "dp-eps8", "dp-eps4", "dp-eps1", "secagg", "secagg-dp-eps8")
+
+
+def noise_for(epsilon: float, rounds: int, delta: float) -> float:
+    """The smallest noise multiplier (to 3 digits) whose ``rounds`` full releases spend at most ``epsilon``."""
+    from flowertune.federation.stack.privacy import planned_epsilon
+
+    lo, hi = 0.05, 200.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if planned_epsilon(mid, rounds, delta) > epsilon else (lo, mid)
+    return math.ceil(hi * 1000) / 1000
+
+
+def variant_overrides(name: str, args: argparse.Namespace) -> list[str]:
+    extra = {}
+    if name.startswith("secagg"):
+        extra.update({"strategy.secagg.mode": "secagg+", "wire.codec": "fp32"})
+    if "dp-eps" in name:
+        eps = float(name.split("dp-eps")[1])
+        extra.update({"strategy.dp.mode": "client-fixed", "wire.codec": "fp32",
+                      "strategy.dp.noise-multiplier": noise_for(eps, args.rounds, args.delta),
+                      "strategy.dp.clipping-norm": args.clip, "strategy.dp.delta": args.delta,
+                      "strategy.dp.target-epsilon": eps})
+    return [f"{k}={v}" for k, v in extra.items()]
+
+
+def run_variant(name: str, args: argparse.Namespace, data: Path, out: Path) -> dict[str, Any]:
+    import subprocess
+
+    import quality
+
+    run_dir = out / name
+    results = run_dir / "eval" / "results.json"
+    ch = quality.CHALLENGES["finance"]
+    if not results.exists():
+        if not (run_dir / "summary.json").exists():
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+            fed, nodes = quality.variant_overrides("fed-iid", args, data, data)
+            cmd = quality.flowertune("run", "--preset", "finance", "--num-supernodes", str(nodes), "--out",
+                                     str(run_dir), *quality.common_overrides(args, ch, data), *fed,
+                                     *variant_overrides(name, args))
+            t0 = time.perf_counter()
+            with (out / f"{name}.log").open("w") as log:
+                if subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT) != 0:
+                    raise SystemExit(f"{name}: flowertune run failed; see {out / (name + '.log')}")
+            (run_dir / "benchmark-train-s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+        t0 = time.perf_counter()
+        cmd = quality.flowertune("eval", "--run", str(run_dir), "--suite", "finance", "--data-dir", str(args.data_dir),
+                                 "--no-progress", *(["--limit", str(args.limit)] if args.limit else []))
+        with (out / f"{name}-eval.log").open("w") as log:
+            if subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT) != 0:
+                raise SystemExit(f"{name}: flowertune eval failed; see {out / (name + '-eval.log')}")
+        (run_dir / "benchmark-eval-s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"results": json.loads(results.read_text()), "rounds": summary["rounds"], "mb": summary["comm_cost_mb"],
+            "epsilon": rows[-1].get("dp_epsilon"), "z": rows[-1].get("dp_noise_multiplier"),
+            "train_s": float((run_dir / "benchmark-train-s.txt").read_text()),
+            "round_s": sum(r["round_s"] for r in rows[1:]) / max(1, len(rows) - 1)}
+
+
+# -- --quick: one SecAgg+ round through Flower's simulation, checked against plain FedAvg ---------------------
+def quick(root: Path) -> int:
+    import subprocess
+
+    import numpy as np
+    from _common import tiny_model_dir
+    from attacks import BIN, app_dir, env_for, stop_processes
+    from safetensors.numpy import load_file
+
+    nodes, clip, bits = 4, 0.1, 22
+    records = root / "records"
+    records.mkdir(parents=True, exist_ok=True)
+    out, home = root / "secagg-dropout", root / "home"
+    overrides = {"num-server-rounds": 1, "model.name": tiny_model_dir(root), "model.lora.peft-lora-r": 4,
+                 "train.training-arguments.max-steps": 2, "train.training-arguments.per-device-train-batch-size": 2,
+                 "train.seq-length": 128, "strategy.fraction-train": 1.0, "strategy.min-train-nodes": 2,
+                 "strategy.min-available-nodes": nodes, "train.eval-every-round": 0, "run.client-worker": "off",
+                 "run.progress-every-s": 0.0, "strategy.secagg.mode": "secagg+", "wire.codec": "fp32",
+                 "strategy.secagg.clipping-range": clip, "strategy.secagg.quantization-bits": bits,
+                 "run.output-dir": str(out), "num-supernodes": nodes}
+    env = env_for(home)
+    text = subprocess.run([str(BIN / "flowertune"), "presets", "--run-config", "quickstart",
+                           *[f"{k}={json.dumps(v)}" for k, v in overrides.items()]], env=env, capture_output=True,
+                          text=True, check=True, timeout=120).stdout.strip()
+    app = app_dir(root, {0: "secagg-record", 1: "secagg-record", 2: "secagg-record", 3: "secagg-drop"}, records)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([str(BIN / "flwr"), "run", str(app), "--run-config", text, "--stream",
+                               "--federation-config", f"num-supernodes={nodes}"], env=env, capture_output=True,
+                              text=True, timeout=1200, check=False)
+    finally:
+        stop_processes(home)
+    (root / "secagg-dropout.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not (out / "summary.json").exists():
+        print(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"the SecAgg+ run failed; see {root / 'secagg-dropout.log'}")
+    final = load_file(str(out / "final_adapter" / "adapter_model.safetensors"))
+
+    def load(kind: str) -> list[dict[str, np.ndarray]]:
+        return [dict(np.load(p)) for p in sorted(records.glob(f"{kind}-p*-r1.npz"))]
+
+    stayed, dropped = load("secagg-record"), load("secagg-drop")
+    glob = {k.split("/", 1)[1]: v for k, v in stayed[0].items() if k.startswith("global/")}
+
+    def fedavg(recs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:  # equal weights, entries clipped
+        return {k: glob[k].astype(np.float64) + np.mean(
+            [np.clip(r[f"trained/{k}"].astype(np.float64) - glob[k], -clip, clip) for r in recs], axis=0) for k in glob}
+
+    def max_diff(want: dict[str, np.ndarray]) -> float:
+        return max(float(np.abs(final[k].astype(np.float64) - want[k]).max()) for k in want)
+
+    step = 2 * clip / 2**bits
+    ulp = max(float(np.spacing(np.abs(v).max().astype(np.float32))) for v in final.values())
+    got = {
+        "survivors": len(stayed), "dropped": len(dropped), "keys_match": sorted(final) == sorted(glob),
+        "step": step, "tolerance": step + ulp, "max_abs_diff_to_fedavg_of_survivors": max_diff(fedavg(stayed)),
+        "max_abs_diff_to_fedavg_with_dropped": max_diff(fedavg(stayed + dropped)),
+        "max_abs_update_entry": max(float(np.abs(r[f"trained/{k}"].astype(np.float64) - glob[k]).max())
+                                    for r in stayed for k in glob),
+        "run_s": time.perf_counter() - t0,
+    }
+    (root / "quick.json").write_text(json.dumps(got, indent=1) + "\n")
+    print(f"SecAgg+ round with a node dropping out: {got['survivors']} updates summed, {got['dropped']} dropped")
+    print(f"max |final - FedAvg(survivors)| = {got['max_abs_diff_to_fedavg_of_survivors']:.3e} "
+          f"(one quantization step {step:.3e}, + fp32 ulp {ulp:.1e})")
+    print(f"max |final - FedAvg(all four)|   = {got['max_abs_diff_to_fedavg_with_dropped']:.3e}")
+    ok = (got["keys_match"] and got["survivors"] == 3 and got["dropped"] == 1
+          and got["max_abs_diff_to_fedavg_of_survivors"] <= got["tolerance"]
+          and got["max_abs_diff_to_fedavg_with_dropped"] > 100 * step)
+    if not ok:
+        raise SystemExit("the SecAgg+ aggregate is not FedAvg of the nodes that stayed: " + json.dumps(got))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    ap.add_argument("--data-dir", type=Path,
+                    default=Path(os.environ.get("FLOWERTUNE_DATA_DIR", REPO.parent / "shared" / "data")))
+    ap.add_argument("--out", type=Path, default=None, help="work directory (a rerun skips finished variants)")
+    ap.add_argument("--nodes", type=int, default=10)
+    ap.add_argument("--per-round", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr-max", type=float, default=1e-3)
+    ap.add_argument("--lr-min", type=float, default=1e-4)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    ap.add_argument("--frame", default=None)
+    ap.add_argument("--clip", type=float, default=1.0, help="strategy.dp.clipping-norm of the DP variants")
+    ap.add_argument("--delta", type=float, default=1e-5, help="strategy.dp.delta (below 1 / nodes)")
+    ap.add_argument("--limit", type=int, default=None, help="first N items of each benchmark (labelled)")
+    ap.add_argument("--quick", action="store_true", help="tiny model: one SecAgg+ round with a dropout, checked")
+    args = ap.parse_args(argv)
+    if args.quick:
+        return quick((args.out or Path(tempfile.mkdtemp(prefix="privacy-quick-"))).absolute())
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; choose from {','.join(VARIANTS)}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.data_dir = args.data_dir.absolute()
+    out = (args.out or Path(tempfile.mkdtemp(prefix="privacy-"))).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    from flowertune.eval.benchmark import SUITES
+    from flowertune.trainsets import BUILDERS, write_jsonl
+
+    data = out / "train-finance-sentiment.jsonl"
+    if not data.exists():
+        write_jsonl(BUILDERS.get("finance-sentiment")(args.data_dir), data)
+    rows = {}
+    for name in variants:
+        rows[name] = run_variant(name, args, data, out)
+        print(f"[{name} done]", file=sys.stderr, flush=True)
+    names = list(SUITES["finance"])
+    label = f"first {args.limit} items of each split" if args.limit else "full evaluation splits"
+    print(f"# privacy: finance, embedded model, {label}; {args.nodes} SuperNodes, {args.per_round} a round, "
+          f"{args.rounds} rounds x {args.steps} steps x batch {args.batch}; DP: client-fixed, C={args.clip}, "
+          f"δ={args.delta}, no sampling amplification")
+    base = average(rows["none"]["results"], names) if "none" in rows else None
+    base_s = rows["none"]["round_s"] if "none" in rows else None
+    base_mb = rows["none"]["mb"] if "none" in rows else None
+    print(f"| variant | ε | z | {' | '.join(n.upper() for n in names)} | avg | Δavg | rounds | MB | MB/none "
+          f"| s/round | time/none |")
+    print("|---" * (len(names) + 10) + "|")
+    for name, row in rows.items():
+        res, avg = row["results"], average(row["results"], names)
+        eps = "∞" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
+        z = "-" if row["z"] is None else f"{row['z']:.3f}"
+        delta = "-" if base is None else f"{avg - base:+.2f}"
+        mb_ratio = "-" if not base_mb else f"{row['mb'] / base_mb:.2f}"
+        t_ratio = "-" if not base_s else f"{row['round_s'] / base_s:.2f}"
+        cells = " | ".join(f"{res[n]['score']:.2f}" for n in names)
+        print(f"| {name} | {eps} | {z} | {cells} | {avg:.2f} | "
+              f"{delta} | {row['rounds']}/{args.rounds} | {row['mb']:.1f} | {mb_ratio} | {row['round_s']:.0f} | "
+              f"{t_ratio} |")
+    (out / "privacy.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    print(f"# runs and items: {out}")
+    return 0
+
+
+def average(results: dict[str, Any], names: list[str]) -> float:
+    return sum(results[n]["score"] for n in names) / len(names)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

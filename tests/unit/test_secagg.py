@@ -1,0 +1,343 @@
+"""SecAgg+ (``strategy.secagg.mode=secagg+``): Flower's own workflow stages on the server and Flower's
+``secaggplus_mod`` in flowertune's real ClientApp (its mods: error, secagg, wire), the two joined by an
+in-process grid that copies every message as a transport would. Checked: the unmasked average equals plain
+FedAvg of the nodes that stayed, within the quantization step, with one node dropping out mid-round; every
+message the server receives is recorded, and no individual update can be found in any of them (the same
+detector finds every update in a plain round); hostile replies at each stage count as dropouts; too many
+dropouts halt the round with the reason; bytes of all four stages are counted; config values past each bound."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.supercore.task_identity import TaskIdentity
+
+from flowertune.client_app import dp_clip_mod, error_mod
+from flowertune.config import ConfigError, StrategyConfig, from_flat
+from flowertune.federation.records import from_array_record, to_array_record
+from flowertune.federation.secagg import record_bytes, secure_round
+from flowertune.federation.secagg_client import secagg_mod
+from flowertune.federation.strategies import describe, make_strategy
+from flowertune.federation.wire_client import wire_mod
+from flowertune.wire import WireHeader, get_codec
+
+SHAPES = {"m.q_proj.lora_A.weight": (4, 96), "m.q_proj.lora_B.weight": (96, 4), "m.v_proj.lora_A.weight": (4, 96)}
+NODES = [101, 102, 103, 104, 105]
+CLIP, BITS = 0.1, 22
+STEP = 2 * CLIP / 2**BITS  # one quantization step of one node's entry
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+def update_of(node: int, rnd: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1000 * node + rnd)
+    return {k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in SHAPES.items()}
+
+
+class Federation:
+    """Nodes running flowertune's ClientApp mods around a handler that adds :func:`update_of`; ``misbehave``:
+    node -> function(stage, reply) -> reply (or raises), applied to the node's reply outside every mod."""
+
+    def __init__(self, nodes=NODES, misbehave=None):
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i}, state=RecordDict(),
+                                    run_config={}) for i, n in enumerate(nodes)}
+        self.misbehave = misbehave or {}
+        self.received: list[Message] = []  # everything the server side is handed
+        self.pending: dict[str, Message] = {}
+        self.ids = itertools.count()
+
+        def outermost(msg, context, call_next):
+            stage = (msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
+                     if RECORD_KEY_CONFIGS in msg.content.config_records else "plain")
+            reply = call_next(msg, context)
+            bad = self.misbehave.get(context.node_id)
+            return bad(stage, reply) if bad else reply
+
+        self.app = ClientApp(mods=[outermost, error_mod, secagg_mod, wire_mod, dp_clip_mod])
+
+        @self.app.train()
+        def train(msg, context):
+            glob = from_array_record(msg.content["arrays"])
+            upd = update_of(context.node_id, int(msg.content["config"]["server-round"]))
+            trained = {k: glob[k] + upd[k] for k in glob}
+            metrics = MetricRecord({"num-examples": 10 + context.node_id % 7, "train_loss": 1.5})
+            return Message(RecordDict({"arrays": to_array_record(trained), "metrics": metrics}), reply_to=msg)
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, msgs):
+        out = []
+        for m in msgs:
+            m.metadata.__dict__["_message_id"] = f"m{next(self.ids)}"
+            m.metadata.__dict__["_src_node_id"] = 0
+            try:
+                reply = self.app(copy.deepcopy(m), self.contexts[m.metadata.dst_node_id])
+            except RuntimeError as exc:  # as Flower's runtime answers a ClientApp that raised
+                reply = Message(Error(code=0, reason=str(exc)), reply_to=m)
+            self.pending[m.metadata.message_id] = copy.deepcopy(reply)
+            out.append(m.metadata.message_id)
+        return out
+
+    def pull_messages(self, ids):
+        got = [self.pending.pop(i) for i in list(ids) if i in self.pending]
+        self.received += copy.deepcopy(got)
+        return got
+
+
+def glob_arrays():
+    rng = np.random.default_rng(0)
+    return {k: (0.1 * rng.standard_normal(s)).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def train_messages(glob, nodes=NODES, rnd=1, codec="fp32"):
+    c = get_codec(codec)
+    return [Message(RecordDict({"arrays": to_array_record(glob), "config": ConfigRecord(
+        {"lr": 0.1, "server-round": rnd, "run-key": "k", **WireHeader.of(c, rnd, None).to_config()})}),
+        dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+
+
+def secure(fed, glob, rnd=1, **cfg):
+    c = StrategyConfig(secagg_mode="secagg+", secagg_clipping_range=CLIP, secagg_quantization_bits=BITS, **cfg)
+    return secure_round(fed, train_messages(glob, list(fed.contexts), rnd), rnd, c, 30.0)
+
+
+def fedavg(glob, nodes, rnd=1):
+    return {k: glob[k] + np.mean([update_of(n, rnd)[k].astype(np.float64) for n in nodes], axis=0) for k in glob}
+
+
+def max_diff(a, b):
+    return max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in b)
+
+
+def drop_at_masking(stage, reply):
+    if stage == Stage.COLLECT_MASKED_VECTORS:
+        raise RuntimeError("this node drops out after sharing its keys")
+    return reply
+
+
+def test_the_unmasked_average_is_fedavg_of_the_nodes_that_stayed_within_the_quantization_step():
+    glob = glob_arrays()
+    fed = Federation(misbehave={103: drop_at_masking})
+    out = secure(fed, glob)
+    assert out.halted is None
+    assert sorted(r.metadata.src_node_id for r in out.replies) == [101, 102, 104, 105]
+    assert any("node 103" in e and "collect_masked_vectors" in e for e in out.errors), out.errors
+    got = from_array_record(out.replies[0].content["arrays"])
+    assert all(np.array_equal(from_array_record(r.content["arrays"])[k], got[k]) for r in out.replies for k in got)
+    # one step per node at most, averaged: the mean's error is below one step (float32 rounding aside)
+    assert max_diff(got, fedavg(glob, [101, 102, 104, 105])) < STEP + 1e-7
+    # and not merely close to the global or to the average including the node that dropped
+    assert max_diff(got, fedavg(glob, NODES)) > 100 * STEP
+    assert [dict(r.content["metrics"])["train_loss"] for r in out.replies] == [1.5] * 4
+
+
+def test_the_same_round_sums_to_the_same_bytes_again_and_another_round_differs():
+    glob = glob_arrays()
+    a, b = secure(Federation(), glob), secure(Federation(), glob)
+    c = secure(Federation(), glob, rnd=2)
+    arr = [from_array_record(x.replies[0].content["arrays"]) for x in (a, b, c)]
+    assert all(np.array_equal(arr[0][k], arr[1][k]) for k in SHAPES)
+    assert max_diff(arr[2], arr[0]) > 100 * STEP
+
+
+def find_updates(messages, updates, tolerance):
+    """(message index, node) pairs where a node's update (or its quantized form) shows in what the server got:
+    as an fp32 array (plain or as bytes), or as a quantized integer vector within ``tolerance`` steps."""
+    found = set()
+    for i, m in enumerate(messages):
+        if not m.has_content():
+            continue
+        arrays = [a.numpy() for rec in m.content.array_records.values() for a in rec.values()]
+        for rec in m.content.config_records.values():
+            for v in rec.values():
+                for raw in v if isinstance(v, list) else [v]:
+                    if isinstance(raw, bytes):
+                        try:
+                            arrays.append(bytes_to_ndarray(raw))
+                        except Exception:  # noqa: BLE001, S112  (keys, ciphertexts: not arrays)
+                            continue
+        for node, upd in updates.items():
+            flat = np.concatenate([upd[k].ravel() for k in sorted(upd)]).astype(np.float64)
+            quantized = (np.clip(flat, -CLIP, CLIP) + CLIP) / STEP
+            for a in arrays:
+                x = a.ravel().astype(np.float64)
+                for target in (flat, quantized):
+                    for part in (x, x[1:]):  # a masked vector starts with the weight
+                        n = min(len(part), len(target))
+                        if n > 16 and np.mean(np.abs(part[:n] - target[:n]) <= tolerance * max(STEP, 1e-9)) > 0.5:
+                            found.add((i, node))
+    return found
+
+
+def test_no_individual_update_reaches_the_server_and_the_detector_finds_every_one_in_a_plain_round():
+    glob = glob_arrays()
+    fed = Federation()
+    out = secure(fed, glob)
+    assert out.halted is None and len(out.replies) == len(NODES)
+    updates = {n: update_of(n, 1) for n in NODES}
+    stage2 = [m for m in fed.received if RECORD_KEY_CONFIGS in m.content.config_records
+              and Key.MASKED_PARAMETERS in m.content.config_records[RECORD_KEY_CONFIGS]]
+    assert len(stage2) == len(NODES) and len(fed.received) == 4 * len(NODES)
+    assert all(len(rec) == 0 for m in stage2 for rec in m.content.array_records.values())
+    assert find_updates(fed.received, updates, tolerance=1000) == set()
+    # the trained adapters (global + update) do not show either
+    trained = {n: {k: glob[k] + v for k, v in upd.items()} for n, upd in updates.items()}
+    assert find_updates(fed.received, trained, tolerance=1000) == set()
+    # control: the same detector on a plain round (no SecAgg+) finds every node's adapter
+    plain = Federation()
+    for m in train_messages(glob):
+        list(plain.pull_messages(plain.push_messages([m])))
+    assert {node for _, node in find_updates(plain.received, trained, tolerance=1)} == set(NODES)
+
+
+def corrupt(stage_hit, how):
+    def bad(stage, reply):
+        if stage != stage_hit or reply.has_error():
+            return reply
+        cfg = reply.content.config_records[RECORD_KEY_CONFIGS]
+        how(cfg, reply)
+        return reply
+    return bad
+
+
+HOSTILE = {
+    "public key not bytes": (Stage.SETUP, lambda cfg, r: cfg.__setitem__(Key.PUBLIC_KEY_1, "x")),
+    "shares to unknown nodes": (Stage.SHARE_KEYS, lambda cfg, r: cfg.__setitem__(Key.DESTINATION_LIST, [7] * len(
+        cfg[Key.DESTINATION_LIST]))),
+    "masked vector truncated": (Stage.COLLECT_MASKED_VECTORS,
+                                lambda cfg, r: cfg.__setitem__(Key.MASKED_PARAMETERS, cfg[Key.MASKED_PARAMETERS][:2])),
+    "masked vector of floats": (Stage.COLLECT_MASKED_VECTORS, lambda cfg, r: cfg.__setitem__(
+        Key.MASKED_PARAMETERS, [np.full(3, 0.5).tobytes()] * len(cfg[Key.MASKED_PARAMETERS]))),
+    "metrics with NaN": (Stage.COLLECT_MASKED_VECTORS,
+                         lambda cfg, r: r.content.__setitem__("metrics", MetricRecord({"num-examples": 5,
+                                                                                       "train_loss": float("nan")}))),
+    "metrics missing": (Stage.COLLECT_MASKED_VECTORS, lambda cfg, r: r.content.metric_records.pop("metrics")),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_a_hostile_reply_at_any_stage_counts_as_a_dropout_and_the_round_goes_on(name):
+    stage, how = HOSTILE[name]
+    glob = glob_arrays()
+    out = secure(Federation(misbehave={102: corrupt(stage, how)}), glob)
+    assert out.halted is None, out.halted
+    assert sorted(r.metadata.src_node_id for r in out.replies) == [101, 103, 104, 105]
+    assert any(e.startswith("node 102: malformed SecAgg+ " + stage) for e in out.errors), out.errors
+    got = from_array_record(out.replies[0].content["arrays"])
+    if stage == Stage.COLLECT_MASKED_VECTORS:  # its update is left out of the sum, the others' unmasked
+        assert max_diff(got, fedavg(glob, [101, 103, 104, 105])) < STEP + 1e-7
+    else:  # left out before it trained
+        assert max_diff(got, fedavg(glob, [101, 103, 104, 105])) < STEP + 1e-7
+
+
+def test_too_many_dropouts_halt_the_round_with_the_reason_and_one_fewer_does_not():
+    glob = glob_arrays()
+    nodes = [101, 102, 103]  # 3 shares, threshold max(round(0.5 * 3), 2) = 2: one node may drop
+    one = secure(Federation(nodes, misbehave={103: drop_at_masking}), glob)
+    assert one.halted is None and len(one.replies) == 2
+    two = secure(Federation(nodes, misbehave={102: drop_at_masking, 103: drop_at_masking}), glob)
+    assert two.replies == [] and "too few nodes stayed" in two.halted
+    high = secure(Federation(nodes, misbehave={103: drop_at_masking}), glob, secagg_threshold=1.0)
+    assert high.replies == [] and "strategy.secagg.threshold" in high.halted
+
+
+def test_every_stage_is_counted_both_ways_and_the_uplink_carries_integer_vectors():
+    glob = glob_arrays()
+    fed = Federation()
+    out = secure(fed, glob)
+    n_params = sum(int(np.prod(s)) for s in SHAPES.values())
+    assert out.up == record_bytes(fed.received)
+    # the masked vectors are int64: at least 8 bytes an entry, twice what fp32 would take
+    assert out.up > len(NODES) * 8 * n_params
+    # down: at least the fp32 global to each node, plus the key exchange
+    assert out.down > len(NODES) * 4 * n_params
+
+
+def test_the_stack_under_secagg_drops_the_layers_that_judge_single_updates_and_applies_the_average():
+    cfg = StrategyConfig(fraction_train=1.0, min_train_nodes=2, secagg_mode="secagg+",
+                         secagg_clipping_range=CLIP, secagg_quantization_bits=BITS)
+    stack = make_strategy(cfg)
+    assert "direction" not in describe(stack) and "norm-bound" not in describe(stack)
+    fed = Federation()
+    glob = glob_arrays()
+    msgs = list(stack.configure_train(1, to_array_record(glob), ConfigRecord({"lr": 0.1, "run-key": "k"}), fed))
+    out = secure_round(fed, msgs, 1, cfg, 30.0)
+    new, _ = stack.aggregate_train(1, out.replies)
+    assert stack.traffic.accepted == len(NODES) and stack.traffic.rejected == []
+    assert max_diff(from_array_record(new), fedavg(glob, NODES)) < STEP + 1e-6
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), [
+    ({"strategy.secagg.mode": "on"}, "choose off or secagg+"),
+    ({"wire.codec": "delta-int8"}, "needs wire.codec=fp32"),
+    ({"strategy.name": "fedmedian"}, "fedmedian needs each update"),
+    ({"strategy.dp.mode": "server-fixed"}, "use strategy.dp.mode=client-fixed"),
+    ({"strategy.norm-bound": 1.0}, "strategy.norm-bound needs each update"),
+    ({"strategy.min-train-nodes": 1}, "min-train-nodes >= 2"),
+    ({"strategy.secagg.threshold": 1.01}, "strategy.secagg.threshold must be in (0, 1]"),
+    ({"strategy.secagg.threshold": 0.0}, "strategy.secagg.threshold must be in (0, 1]"),
+    ({"strategy.secagg.num-shares": 1.01}, "num-shares must be in (0, 1]"),
+    ({"strategy.secagg.clipping-range": 0.0}, "clipping-range must be a finite number > 0"),
+    ({"strategy.secagg.quantization-bits": 31}, "quantization-bits must be in [8, 30]"),
+    ({"strategy.secagg.quantization-bits": 7}, "quantization-bits must be in [8, 30]"),
+])
+def test_config_values_past_each_bound_are_refused_before_anything_starts(overrides, fragment):
+    with pytest.raises(ConfigError) as exc:
+        from_flat({"strategy.secagg.mode": "secagg+", "wire.codec": "fp32", **overrides})
+    assert fragment in str(exc.value)
+
+
+def test_the_values_at_each_bound_are_accepted():
+    for extra in ({"strategy.secagg.threshold": 1.0}, {"strategy.secagg.quantization-bits": 30},
+                  {"strategy.secagg.quantization-bits": 8}, {"strategy.dp.mode": "client-fixed"},
+                  {"strategy.name": "fedadam"}):
+        from_flat({"strategy.secagg.mode": "secagg+", "wire.codec": "fp32", **extra})
+
+
+def test_too_many_nodes_for_the_modulus_halt_before_any_message():
+    fed = Federation(nodes=[1, 2, 3, 4, 5])
+    c = StrategyConfig(secagg_mode="secagg+", secagg_quantization_bits=30)
+    out = secure_round(fed, train_messages(glob_arrays(), [1, 2, 3, 4, 5]), 1, c, 30.0)
+    assert "would overflow" in out.halted and fed.received == [] and out.down == 0
+
+
+def test_client_side_dp_composes_each_node_clips_the_sum_is_masked_the_server_noises_the_mean():
+    """strategy.dp.mode=client-fixed under SecAgg+: Flower's fixedclipping_mod clips each node's update inside
+    the mask, and Flower's client-side DP wrapper noises the unmasked mean (standard deviation z*C/m); the
+    release is accounted."""
+    from flowertune.federation.stack.base import find_layer
+    from flowertune.federation.stack.privacy import PrivacyLedger
+
+    z, clip = 0.5, 0.05
+    cfg = StrategyConfig(fraction_train=1.0, min_train_nodes=2, secagg_mode="secagg+", secagg_clipping_range=CLIP,
+                         secagg_quantization_bits=BITS, dp_mode="client-fixed", dp_noise_multiplier=z,
+                         dp_clipping_norm=clip)
+    stack = make_strategy(cfg)
+    fed, glob = Federation(), glob_arrays()
+    msgs = list(stack.configure_train(1, to_array_record(glob), ConfigRecord({"lr": 0.1, "run-key": "k"}), fed))
+    out = secure_round(fed, msgs, 1, cfg, 30.0)
+    new, _ = stack.aggregate_train(1, out.replies)
+    assert stack.traffic.accepted == len(NODES) and find_layer(stack, PrivacyLedger).acc.num_releases == 1
+
+    def clipped(n):
+        u = update_of(n, 1)
+        norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in u.values()))
+        assert norm > clip  # every update is over the norm: the clipping acts
+        return {k: v * (clip / norm) for k, v in u.items()}
+
+    mean = {k: glob[k] + np.mean([clipped(n)[k] for n in NODES], axis=0) for k in glob}
+    noise = np.concatenate([(from_array_record(new)[k].astype(np.float64) - mean[k]).ravel() for k in glob])
+    want = z * clip / len(NODES)
+    # 1152 entries: the sample standard deviation is within 10% of the true one with overwhelming probability
+    assert abs(noise.std() / want - 1) < 0.1, (noise.std(), want)
