@@ -140,8 +140,9 @@ class StrategyConfig:
     multikrum_select: int = key("strategy.multikrum-select", 2, "multikrum: updates averaged after selection")
     dp_mode: str = key("strategy.dp.mode", "off",
                        "client-level differential privacy: off | server-fixed (the server clips each update) | "
-                       "client-fixed (each node clips its own; the server checks the norm); Gaussian noise on the "
-                       "average, ε accounted")
+                       "server-adaptive (the same, the norm moving toward strategy.dp.target-quantile of the update "
+                       "norms) | client-fixed (each node clips its own; the server checks the norm); Gaussian noise "
+                       "on the average, ε accounted")
     dp_noise_multiplier: float = key("strategy.dp.noise-multiplier", 1.0,
                                      "noise standard deviation in units of the clipping norm (per node sampled)")
     dp_clipping_norm: float = key("strategy.dp.clipping-norm", 1.0,
@@ -150,6 +151,14 @@ class StrategyConfig:
     dp_delta: float = key("strategy.dp.delta", 1e-5, "δ of the reported (ε, δ); keep it below 1 / nodes")
     dp_target_epsilon: float = key("strategy.dp.target-epsilon", 0.0,
                                    "stop before the round that would take ε past this (0 = no limit)")
+    dp_target_quantile: float = key("strategy.dp.target-quantile", 0.5,
+                                    "server-adaptive: share of the updates the clipping norm aims to leave unclipped")
+    dp_clip_learning_rate: float = key("strategy.dp.clip-learning-rate", 0.2,
+                                       "server-adaptive: step of the norm's geometric update per round")
+    dp_count_noise: float = key("strategy.dp.count-noise", 5.0,
+                                "server-adaptive: standard deviation of the noise on the count of unclipped updates "
+                                "(must be over strategy.dp.noise-multiplier / 2; the update noise is raised to keep "
+                                "the total at the noise multiplier)")
     secagg_mode: str = key("strategy.secagg.mode", "off",
                            "secure aggregation: off | secagg+ (Flower's SecAgg+ protocol: the server learns only the "
                            "sum of the round's updates; needs wire.codec=fp32)")
@@ -405,14 +414,20 @@ def validate(cfg: Config) -> None:
 def validate_dp(c: StrategyConfig, need: Callable[[bool, str], None]) -> None:
     """``strategy.dp.*``: the mode exists, its numbers are in range, and the rest of the stack keeps the
     mechanism's sensitivity (an equal-weight mean of clipped updates, noised before any server optimizer)."""
-    need(c.dp_mode in ("off", "server-fixed", "client-fixed"), f"strategy.dp.mode={c.dp_mode!r} is not valid; "
-         "choose off, server-fixed or client-fixed")
+    need(c.dp_mode in ("off", "server-fixed", "server-adaptive", "client-fixed"), f"strategy.dp.mode={c.dp_mode!r} "
+         "is not valid; choose off, server-fixed, server-adaptive or client-fixed")
     if c.dp_mode == "off":
         return
     need(0 < c.dp_noise_multiplier < math.inf, "strategy.dp.noise-multiplier must be a finite number > 0")
     need(0 < c.dp_clipping_norm < math.inf, "strategy.dp.clipping-norm must be a finite number > 0")
     need(0 < c.dp_delta < 1, "strategy.dp.delta must be in (0, 1), e.g. 1e-5")
     need(0 <= c.dp_target_epsilon < math.inf, "strategy.dp.target-epsilon must be a finite number >= 0 (0 = no limit)")
+    if c.dp_mode == "server-adaptive":
+        need(0 < c.dp_target_quantile < 1, "strategy.dp.target-quantile must be in (0, 1)")
+        need(0 < c.dp_clip_learning_rate < math.inf, "strategy.dp.clip-learning-rate must be a finite number > 0")
+        need(c.dp_noise_multiplier / 2 < c.dp_count_noise < math.inf,
+             f"strategy.dp.count-noise must be over strategy.dp.noise-multiplier / 2 = {c.dp_noise_multiplier / 2:g} "
+             "(the count's noise takes that share of the budget; the update noise makes up the rest)")
     need(c.name in ("fedavg", "fedprox"),
          f"strategy.dp.mode={c.dp_mode} needs strategy.name=fedavg or fedprox (the noise is calibrated to a mean of "
          f"clipped updates; {c.name} transforms it first)")
@@ -436,7 +451,7 @@ def validate_secagg(c: StrategyConfig, codec: str, need: Callable[[bool, str], N
     need(c.name in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"),
          f"strategy.secagg.mode=secagg+ needs an aggregator of the mean (fedavg, fedprox, fedavgm, fedadam, fedyogi): "
          f"{c.name} needs each update, which secure aggregation hides from the server")
-    need(c.dp_mode != "server-fixed", "strategy.secagg.mode=secagg+ hides each update from the server, which therefore "
+    need(not c.dp_mode.startswith("server-"), "strategy.secagg.mode=secagg+ hides each update from the server, which therefore "
          "cannot clip it: use strategy.dp.mode=client-fixed (each node clips its own; the server noises the sum)")
     need(c.norm_bound == 0, "strategy.norm-bound needs each update, which secure aggregation hides from the server; "
          "set it to 0 (strategy.secagg.clipping-range bounds every entry, strategy.dp.mode=client-fixed the norm)")

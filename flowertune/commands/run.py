@@ -116,6 +116,21 @@ def privacy_plan(cfg: Config) -> str:
     return line
 
 
+def secagg_plan(cfg: Config) -> str:
+    """What SecAgg+ will do with the planned rounds: sample size, dropouts tolerated, precision."""
+    c = cfg.strategy
+    m = max(c.min_train_nodes, round(c.fraction_train * cfg.run.num_supernodes))
+    shares = round(c.secagg_num_shares * m)  # as Flower's SecAggPlusWorkflow sizes it
+    shares += 1 if shares < m and shares % 2 == 0 else 0
+    shares = m if shares <= 2 else shares
+    threshold = max(2, round(c.secagg_threshold * shares))
+    return (f"\nsecure aggregation (SecAgg+): the server sees only the sum of each round's updates; with {m} nodes "
+            f"a round ({cfg.run.num_supernodes} SuperNodes x strategy.fraction-train), each node's secrets in "
+            f"{shares} shares, {threshold} rebuild one: up to {shares - threshold} of a node's neighbours may drop "
+            f"out; entries clipped to +-{c.secagg_clipping_range:g}, one step "
+            f"{2 * c.secagg_clipping_range / 2 ** c.secagg_quantization_bits:.2g}")
+
+
 def resolve_args(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
     """The run's config from the command line (a new run or a resume) and where each value came from;
     :class:`ConfigError` for any mistake that can be known before a process starts."""
@@ -208,6 +223,8 @@ def handle(args: argparse.Namespace) -> int:
             print_config(cfg, sources)
             if cfg.strategy.dp_mode != "off":
                 print(privacy_plan(cfg))
+            if cfg.strategy.secagg_mode != "off":
+                print(secagg_plan(cfg))
             return 0
         # before any Flower process starts: the output directory, and in simulation (the clients run on this
         # machine) their quantization, model and data

@@ -341,3 +341,15 @@ def test_client_side_dp_composes_each_node_clips_the_sum_is_masked_the_server_no
     want = z * clip / len(NODES)
     # 1152 entries: the sample standard deviation is within 10% of the true one with overwhelming probability
     assert abs(noise.std() / want - 1) < 0.1, (noise.std(), want)
+
+
+def test_dry_run_says_what_secagg_will_tolerate_and_refuses_a_robust_aggregator_in_one_line(capsys):
+    from flowertune.cli import main
+
+    assert main(["run", "--dry-run", "--num-supernodes", "10", "strategy.secagg.mode=secagg+",
+                 "strategy.fraction-train=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "with 5 nodes a round" in out and "5 shares, 2 rebuild one: up to 3 of a node's neighbours" in out
+    assert main(["run", "--dry-run", "strategy.secagg.mode=secagg+", "strategy.name=krum"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "krum needs each update" in err[0]

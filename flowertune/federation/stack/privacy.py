@@ -9,6 +9,10 @@ nodes sampled that round (the ledger tells the wrapper each round: the sample si
 connected). When only ``m < n`` updates come back the noise stays at ``z * C / n`` while one node now moves the
 average by up to ``C / m``: that round is accounted at the smaller multiplier ``z * m / n``.
 
+``strategy.dp.mode=server-adaptive``: the same, with the clipping norm moved after every round toward a quantile
+of the update norms (:class:`AdaptiveClipping`, Andrew et al. 2021; the noisy count and the noisy mean are
+accounted together as one release at the configured multiplier).
+
 ``strategy.dp.mode=client-fixed``: each node clips its own update (Flower's ``fixedclipping_mod`` in
 flowertune's ClientApp, told the norm by Flower's ``DifferentialPrivacyClientSideFixedClipping`` in the
 train config) and the server adds the same noise. The server does not take the clipping on trust: a decoded
@@ -27,9 +31,11 @@ whether one more release would take ε past the target at ``strategy.dp.delta``;
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -50,7 +56,7 @@ from flowertune.federation.stack.normbound import update_norm
 
 log = logging.getLogger(__name__)
 
-MODES = ("off", "server-fixed", "client-fixed")
+MODES = ("off", "server-fixed", "server-adaptive", "client-fixed")
 NEIGHBOURING = "one node's whole contribution added or removed, as a zero update (client-level, zero-out)"
 SAMPLING = "no amplification by sampling (valid for any node sampling)"
 
@@ -161,13 +167,15 @@ class PrivacyLedger(UpdateLayer):
                                       "metrics": MetricRecord(metrics)})
             kept.append(msg)
         z = self.z * min(1.0, len(kept) / max(1, self.sampled))
+        clip = self.clip  # the norm of this round (the adaptive layer moves it for the next one)
         if kept:
             self.check_budget(server_round, z)  # nothing noised yet: the run ends with the last global
         result = self.strategy.aggregate_train(server_round, kept)
         if result[0] is not None and kept:
             self.acc.compose(release(z))
             self.last = {"dp_epsilon": self.epsilon(), "dp_epsilon_round": planned_epsilon(z, 1, self.delta),
-                         "dp_delta": self.delta, "dp_noise_multiplier": z, "dp_releases": self.acc.num_releases}
+                         "dp_delta": self.delta, "dp_noise_multiplier": z, "dp_releases": self.acc.num_releases,
+                         "dp_clipping_norm": clip}
         return result
 
     def export_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -179,10 +187,89 @@ class PrivacyLedger(UpdateLayer):
             self.last = {"dp_epsilon": self.epsilon(), "dp_delta": self.delta, "dp_releases": self.acc.num_releases}
 
 
+def update_noise_multiplier(z: float, count_noise: float) -> float:
+    """The noise multiplier of the averaged updates that, together with noise ``count_noise`` on the count of
+    unclipped updates, makes one Gaussian release at multiplier ``z`` (Andrew et al. 2021, Theorem 1:
+    ``z_update = (z^-2 - (2 count_noise)^-2)^-1/2``; each node moves the centred count by at most 1/2)."""
+    if not 2 * count_noise > z:
+        raise ValueError(f"the count noise {count_noise:g} must be over z / 2 = {z / 2:g}")
+    return (z ** -2 - (2 * count_noise) ** -2) ** -0.5
+
+
+class AdaptiveClipping(UpdateLayer):
+    """Adaptive clipping (Andrew et al. 2021, "Differentially private learning with adaptive clipping") over
+    Flower's server-side fixed-clipping wrapper, whose clipping norm it moves after every round.
+
+    Each round: ``b`` = the number of decoded updates whose norm is at most the current norm ``C`` (unclipped),
+    the wrapper clips and noises the mean as usual (at the update multiplier ``z_update``), then
+    ``C <- C * exp(-lr * ((b + N(0, count_noise^2)) / m - quantile))``: the norm rises while fewer than
+    ``quantile`` of the updates pass unclipped and falls while more do. The two noisy releases together are one
+    Gaussian release at the configured multiplier ``z`` (:func:`update_noise_multiplier`), which is what the
+    ledger accounts. Flower 1.42's own adaptive wrappers count the *clipped* updates in this update and so move
+    the norm the wrong way (README, Privacy); this layer is the reason flowertune does not use them.
+    """
+
+    name = "adaptive-clip"
+    state_name = "dp-adaptive"
+
+    def __init__(self, wrapper: Any, ctx: StackContext, z: float, quantile: float, lr: float,
+                 count_noise: float) -> None:
+        super().__init__(wrapper, ctx)
+        self.z_total, self.quantile, self.lr, self.count_noise = z, quantile, lr, count_noise
+        wrapper.noise_multiplier = update_noise_multiplier(z, count_noise)
+        self.last_unclipped: float | None = None  # the noised share of the last round (what moved the norm)
+
+    # what the ledger reads and sets, as on Flower's wrappers
+    @property
+    def noise_multiplier(self) -> float:
+        return self.z_total
+
+    @property
+    def clipping_norm(self) -> float:
+        return float(self.strategy.clipping_norm)
+
+    @property
+    def num_sampled_clients(self) -> int:
+        return int(self.strategy.num_sampled_clients)
+
+    @num_sampled_clients.setter
+    def num_sampled_clients(self, n: int) -> None:
+        self.strategy.num_sampled_clients = n
+
+    def describe(self) -> str:
+        return (f"adaptive-clip(quantile {self.quantile:g}, lr {self.lr:g}, count noise {self.count_noise:g}, "
+                f"update z {self.strategy.noise_multiplier:.4g})")
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        c = self.clipping_norm
+        unclipped = sum(update_norm(from_array_record(m.content["arrays"]), self._global) <= c for m in replies)
+        result = self.strategy.aggregate_train(server_round, replies)
+        if result[0] is not None and replies:
+            share = (unclipped + float(np.random.normal(0.0, self.count_noise))) / len(replies)
+            self.strategy.clipping_norm = c * math.exp(-self.lr * (share - self.quantile))
+            self.last_unclipped = share
+            log.info("round %d: %d of %d updates within the clipping norm %.4g (noised share %.3f): next norm %.4g",
+                     server_round, unclipped, len(replies), c, share, self.clipping_norm)
+        return result
+
+    def export_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"clipping_norm": self.clipping_norm}, {}
+
+    def import_state(self, meta: dict[str, Any], arrays: dict[str, Any]) -> None:
+        self.strategy.clipping_norm = float(meta["clipping_norm"])
+
+
 def dp_layers(inner: Any, ctx: StackContext, mode: str, noise_multiplier: float, clipping_norm: float,
-              delta: float, target_epsilon: float) -> PrivacyLedger:
-    """The ledger over Flower's server-side or client-side fixed-clipping wrapper over ``inner``."""
+              delta: float, target_epsilon: float, quantile: float = 0.5, clip_lr: float = 0.2,
+              count_noise: float = 5.0) -> PrivacyLedger:
+    """The ledger over Flower's server-side or client-side fixed-clipping wrapper over ``inner`` (for
+    ``server-adaptive``: the adaptive layer between the ledger and Flower's server-side wrapper)."""
     wrapper = {"server-fixed": DifferentialPrivacyServerSideFixedClipping,
+               "server-adaptive": DifferentialPrivacyServerSideFixedClipping,
                "client-fixed": DifferentialPrivacyClientSideFixedClipping}[mode]
-    dp = wrapper(inner, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm, num_sampled_clients=1)
+    dp: Any = wrapper(inner, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm, num_sampled_clients=1)
+    if mode == "server-adaptive":
+        dp = AdaptiveClipping(dp, ctx, noise_multiplier, quantile, clip_lr, count_noise)
     return PrivacyLedger(dp, ctx, mode, delta, target_epsilon)
