@@ -152,7 +152,7 @@ def check_reply(stage: str, msg: Message, shapes: list[tuple[int, ...]], nodes: 
             if a.shape != shape or a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= mod:
                 raise ValueError(f"a masked array is not {shape} integers in [0, 2^{MOD_BITS})")
         compat.recorddict_to_fitres(content, keep_input=True)  # what the workflow reads next
-        if list(content.metric_records.keys()) != ["fitres.num_examples", "metrics"]:
+        if sorted(content.metric_records.keys()) != ["fitres.num_examples", "metrics"]:
             raise ValueError(f"metric records {list(content.metric_records.keys())[:4]}")
         clean_metrics(RecordDict({"metrics": content.metric_records["metrics"]}), TRAIN_METRICS, REQUIRED, None)
     elif stage == Stage.UNMASK:
@@ -255,6 +255,16 @@ def secure_round(grid: Grid, msgs: list[Message], server_round: int, c: Strategy
         out.halted = "SecAgg+ halted: too few nodes stayed to rebuild the masks (strategy.secagg.threshold)"
         return out
     average = dict(zip(keys, total.average, strict=True))
+    # every honest entry was clipped to +-c before it was quantized, so every entry of their mean is within +-c
+    # (plus a step of rounding): a sum outside that was not made of quantized updates (a node added what it
+    # liked to its vector, or spoiled its shares). Refused; a node can still move the mean within +-c unseen.
+    bound = float(c.secagg_clipping_range)
+    worst = max((float(np.abs(a).max()) for a in total.average if a.size), default=0.0)
+    if worst > bound * (1 + 2 / 2 ** c.secagg_quantization_bits):
+        out.halted = (f"SecAgg+ sum refused: an entry of the unmasked average is {worst:.3g}, outside the "
+                      f"+-{bound:g} every honest update was clipped to (a node sent values it could not have "
+                      "quantized)")
+        return out
     adapter = to_array_record({k: (glob[k].astype(np.float64) + average[k]).astype(np.float32) for k in keys})
     for node in total.summed:
         reply = checked.collected[node]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common import bytes_to_ndarray
+from flwr.common import bytes_to_ndarray, ndarray_to_bytes
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -353,3 +353,27 @@ def test_dry_run_says_what_secagg_will_tolerate_and_refuses_a_robust_aggregator_
     assert main(["run", "--dry-run", "strategy.secagg.mode=secagg+", "strategy.name=krum"]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "krum needs each update" in err[0]
+
+
+def test_a_node_that_adds_to_its_masked_vector_gets_the_sum_refused_a_small_shift_is_not_seen():
+    """A node may put any integers in its masked vector (the server cannot check them). A sum whose mean leaves
+    the +-clipping-range every honest update was clipped to is refused with the reason; a shift that keeps
+    the mean inside it is not seen (the limit of secure aggregation without per-update checks)."""
+    def add(k):
+        def bad(stage, reply):
+            if stage == Stage.COLLECT_MASKED_VECTORS and not reply.has_error():
+                cfg = reply.content.config_records[RECORD_KEY_CONFIGS]
+                vecs = [bytes_to_ndarray(b) for b in cfg[Key.MASKED_PARAMETERS]]
+                vecs = [vecs[0], *[(v + k) % 2**32 for v in vecs[1:]]]
+                cfg[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(v) for v in vecs]
+            return reply
+        return bad
+
+    glob = glob_arrays()
+    big = secure(Federation(misbehave={102: add(2**30)}), glob)
+    assert big.replies == [] and "outside the +-0.1 every honest update was clipped to" in big.halted
+    small = secure(Federation(misbehave={102: add(1000)}), glob)  # 1000 steps: 4.8e-5 on the sum
+    assert small.halted is None
+    got = from_array_record(small.replies[0].content["arrays"])
+    shift = 1000 * STEP / len(NODES)
+    assert abs(max_diff(got, fedavg(glob, NODES)) - shift) < 2 * STEP
