@@ -399,7 +399,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.strategy.trimmed_beta < 0.5, "strategy.trimmed-beta must be in [0, 0.5)")
     need(cfg.strategy.multikrum_select >= 1, "strategy.multikrum-select must be >= 1")
     validate_dp(cfg.strategy, need)
-    validate_secagg(cfg.strategy, cfg.run.wire_codec, need)
+    validate_secagg(cfg.strategy, cfg.run.wire_codec, cfg.run.num_supernodes, need)
     need(cfg.strategy.dp_mode != "client-fixed" or cfg.run.wire_codec == "fp32",
          f"strategy.dp.mode=client-fixed needs wire.codec=fp32: the server checks each decoded update against the "
          f"clipping norm, and {cfg.run.wire_codec}'s rounding (and residual) would push clipped updates past it")
@@ -436,7 +436,7 @@ def validate_dp(c: StrategyConfig, need: Callable[[bool, str], None]) -> None:
          "strategy.norm-bound)")
 
 
-def validate_secagg(c: StrategyConfig, codec: str, need: Callable[[bool, str], None]) -> None:
+def validate_secagg(c: StrategyConfig, codec: str, nodes: int, need: Callable[[bool, str], None]) -> None:
     """``strategy.secagg.*``: the server sees only the sum of the updates, so nothing above it may need one update."""
     need(c.secagg_mode in ("off", "secagg+"), f"strategy.secagg.mode={c.secagg_mode!r} is not valid; choose off or "
          "secagg+")
@@ -457,6 +457,9 @@ def validate_secagg(c: StrategyConfig, codec: str, need: Callable[[bool, str], N
          "set it to 0 (strategy.secagg.clipping-range bounds every entry, strategy.dp.mode=client-fixed the norm)")
     need(c.min_train_nodes >= 2, "strategy.secagg.mode=secagg+ needs strategy.min-train-nodes >= 2 (a sum of one "
          "update is that update)")
+    most = 2 ** (32 - c.secagg_quantization_bits) - 1
+    need(nodes <= most, f"strategy.secagg.quantization-bits={c.secagg_quantization_bits} sums at most {most} nodes a "
+         f"round (modulo 2^32) and num-supernodes is {nodes}: lower the bits")
 
 
 def check_names(cfg: Config) -> None:

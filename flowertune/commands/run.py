@@ -119,7 +119,7 @@ def privacy_plan(cfg: Config) -> str:
 def secagg_plan(cfg: Config) -> str:
     """What SecAgg+ will do with the planned rounds: sample size, dropouts tolerated, precision."""
     c = cfg.strategy
-    m = max(c.min_train_nodes, round(c.fraction_train * cfg.run.num_supernodes))
+    m = max(c.min_train_nodes, int(c.fraction_train * cfg.run.num_supernodes))  # as Flower's FedAvg samples
     shares = round(c.secagg_num_shares * m)  # as Flower's SecAggPlusWorkflow sizes it
     shares += 1 if shares < m and shares % 2 == 0 else 0
     shares = m if shares <= 2 else shares

@@ -10,9 +10,12 @@ masks of the ones that dropped out). The server learns the sum of the updates an
 
 What flowertune adds around Flower's stages:
 
-- **Each reply is checked before Flower's code reads it** (:func:`check_reply`): a node whose reply is
-  malformed at any stage is treated as dropped out, so one hostile node cannot stop the round (Flower's
-  workflow would raise on it).
+- **Each reply is checked before Flower's code (or another node) reads it** (:func:`check_reply`): a node
+  whose reply is malformed at any stage is treated as dropped out (Flower's workflow, or the honest nodes,
+  would raise on it). A ciphertext or share that decrypts to garbage cannot be checked and can still make
+  the round fail.
+- **The sum is checked**: the weights must sum to (nodes summed) x 2^bits and every entry of the mean must be
+  within the clipping range; otherwise the round's sum is refused.
 - **Equal weights.** Every node's update enters the sum with weight 1: a claimed example count cannot be
   checked inside a masked sum, and one inflated claim would capture the average.
 - **The update, not the adapter.** Nodes mask ``trained - global`` (small numbers: ``strategy.secagg.
@@ -28,7 +31,8 @@ that judge single updates (direction check, median norm bound) are off under Sec
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -38,8 +42,10 @@ from flwr.common import FitIns, Parameters, bytes_to_ndarray, parameters_to_ndar
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.secure_aggregation import secaggplus_workflow as _workflow_module
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
+from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 
 from flowertune.config import StrategyConfig
 from flowertune.federation.progress import send_and_receive
@@ -49,6 +55,7 @@ from flowertune.federation.stack.gate import REQUIRED, TRAIN_METRICS, clean_metr
 log = logging.getLogger(__name__)
 
 MOD_BITS = 32  # the masked sum is taken modulo 2^32 (Flower's limit)
+KEY_STAGE_TIMEOUT_S = 300.0  # the stages without training (keys, shares) take seconds
 
 
 def _value_bytes(v: Any) -> int:
@@ -80,6 +87,7 @@ class SecureRound:
     up: int = 0
     errors: list[str] = field(default_factory=list)
     halted: str | None = None
+    revealed: bool = False  # the server unmasked a sum (it must not ask for another over other nodes)
 
 
 class _Proxy:  # what Flower's workflow keeps per node (it only reads node_id)
@@ -121,53 +129,69 @@ class _Context:  # the LegacyContext fields the stages read
         self.client_manager = _Nodes(len(strategy.nodes))
 
 
-def check_reply(stage: str, msg: Message, shapes: list[tuple[int, ...]], nodes: set[int], mod: int) -> None:
-    """Raise ``ValueError`` naming what is wrong with a node's (non-error) reply at ``stage``; Flower's workflow
-    reads these fields without checking them."""
+def _listing(cfg: Any, key: str, kind: type) -> list:
+    value = cfg.get(key)
+    if not isinstance(value, list) or any(type(v) is not kind for v in value):
+        raise ValueError(f"{key} is not a list of {kind.__name__}")
+    return value
+
+
+def check_reply(stage: str, msg: Message, sent: Message, shapes: list[tuple[int, ...]]) -> None:
+    """Raise ``ValueError`` naming what is wrong with a node's (non-error) reply ``msg`` to ``sent`` at ``stage``:
+    everything Flower's workflow and the other nodes' ``secaggplus_mod`` will read without checking."""
     content = msg.content
     if RECORD_KEY_CONFIGS not in content.config_records:
         raise ValueError(f"no {RECORD_KEY_CONFIGS} record")
-    cfg = content.config_records[RECORD_KEY_CONFIGS]
-
-    def listing(key: str, kind: type) -> list:
-        value = cfg.get(key)
-        if not isinstance(value, list) or any(type(v) is not kind for v in value):
-            raise ValueError(f"{key} is not a list of {kind.__name__}")
-        return value
-
+    cfg, asked = content.config_records[RECORD_KEY_CONFIGS], sent.content.config_records[RECORD_KEY_CONFIGS]
+    node = msg.metadata.src_node_id
     if stage == Stage.SETUP:
-        for k in (Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2):
-            if not isinstance(cfg.get(k), bytes) or not 0 < len(cfg[k]) <= 4096:
-                raise ValueError(f"public key {k} is not bytes of a key's size")
+        keys = [cfg.get(k) for k in (Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2)]
+        if not all(isinstance(k, bytes) and 0 < len(k) <= 4096 for k in keys) or keys[0] == keys[1]:
+            raise ValueError("the two public keys are not two different keys")
+        for k in keys:  # the neighbours will parse them: a key that does not parse would stop all of them
+            bytes_to_public_key(k)
     elif stage == Stage.SHARE_KEYS:
-        dsts, ctxts = listing(Key.DESTINATION_LIST, int), listing(Key.CIPHERTEXT_LIST, bytes)
-        if len(dsts) != len(ctxts) or not set(dsts) <= nodes:
-            raise ValueError("destinations and ciphertexts do not match the round's nodes")
+        dsts, ctxts = _listing(cfg, Key.DESTINATION_LIST, int), _listing(cfg, Key.CIPHERTEXT_LIST, bytes)
+        neighbours = {int(k) for k in asked if k != Key.STAGE} - {node}
+        if len(dsts) != len(ctxts) or len(set(dsts)) != len(dsts) or not set(dsts) <= neighbours:
+            raise ValueError("destinations are not the node's neighbours, one ciphertext each")
     elif stage == Stage.COLLECT_MASKED_VECTORS:
-        vectors = listing(Key.MASKED_PARAMETERS, bytes)
+        vectors = _listing(cfg, Key.MASKED_PARAMETERS, bytes)
         if len(vectors) != len(shapes) + 1:
             raise ValueError(f"{len(vectors)} masked arrays, expected {len(shapes) + 1}")
         for raw, shape in zip(vectors, [(1,), *shapes], strict=True):
             a = bytes_to_ndarray(raw)
-            if a.shape != shape or a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= mod:
-                raise ValueError(f"a masked array is not {shape} integers in [0, 2^{MOD_BITS})")
+            if a.shape != shape or a.dtype != np.int64 or a.min() < 0 or a.max() >= 2**MOD_BITS:
+                raise ValueError(f"a masked array is not {shape} int64 in [0, 2^{MOD_BITS})")
         compat.recorddict_to_fitres(content, keep_input=True)  # what the workflow reads next
         if sorted(content.metric_records.keys()) != ["fitres.num_examples", "metrics"]:
             raise ValueError(f"metric records {list(content.metric_records.keys())[:4]}")
         clean_metrics(RecordDict({"metrics": content.metric_records["metrics"]}), TRAIN_METRICS, REQUIRED, None)
     elif stage == Stage.UNMASK:
-        nids, shares = listing(Key.NODE_ID_LIST, int), listing(Key.SHARE_LIST, bytes)
-        if len(nids) != len(shares) or not set(nids) <= nodes:
-            raise ValueError("node ids and shares do not match the round's nodes")
+        nids, shares = _listing(cfg, Key.NODE_ID_LIST, int), _listing(cfg, Key.SHARE_LIST, bytes)
+        wanted = [*asked.get(Key.ACTIVE_NODE_ID_LIST, []), *asked.get(Key.DEAD_NODE_ID_LIST, [])]
+        if len(nids) != len(shares) or sorted(nids) != sorted(wanted):
+            raise ValueError("the shares are not one for each node the server asked about")
+
+
+def _duplicate_keys(replies: list[Message]) -> set[int]:
+    """Nodes whose public key another node also sent (every honest neighbour would refuse the set)."""
+    owners: dict[bytes, set[int]] = {}
+    for m in replies:
+        cfg = m.content.config_records[RECORD_KEY_CONFIGS]
+        for k in (Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2):
+            owners.setdefault(cast(bytes, cfg[k]), set()).add(m.metadata.src_node_id)
+    return {n for nodes in owners.values() if len(nodes) > 1 for n in nodes}
 
 
 class _CheckedGrid:
-    """The grid as Flower's workflow sees it: counts every byte, leaves out (and records) malformed replies, and
-    keeps the nodes' replies of the masked-vector stage (the messages the stack gets back)."""
+    """The grid as Flower's workflow sees it: counts every byte, leaves out (and records) malformed replies (a
+    dropout, as far as the protocol is concerned), waits ``timeout`` for the training stage and at most
+    :data:`KEY_STAGE_TIMEOUT_S` for the others, and keeps the nodes' replies of the masked-vector stage (the
+    messages the stack gets back)."""
 
-    def __init__(self, grid: Grid, out: SecureRound, shapes: list[tuple[int, ...]], nodes: list[int],
-                 timeout: float, mod: int) -> None:
-        self.grid, self.out, self.shapes, self.nodes, self.timeout, self.mod = grid, out, shapes, set(nodes), timeout, mod
+    def __init__(self, grid: Grid, out: SecureRound, shapes: list[tuple[int, ...]], timeout: float) -> None:
+        self.grid, self.out, self.shapes, self.timeout = grid, out, shapes, timeout
         self.collected: dict[int, Message] = {}
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
@@ -176,8 +200,10 @@ class _CheckedGrid:
             return []
         stage = str(msgs[0].content.config_records[RECORD_KEY_CONFIGS][Key.STAGE])
         self.out.down += record_bytes(msgs)
-        replies = send_and_receive(self.grid, msgs, self.timeout if timeout is None else timeout)
+        wait = self.timeout if stage == Stage.COLLECT_MASKED_VECTORS else min(self.timeout, KEY_STAGE_TIMEOUT_S)
+        replies = send_and_receive(self.grid, msgs, wait)
         self.out.up += record_bytes(replies)
+        sent = {m.metadata.message_id: m for m in msgs}
         kept = []
         for m in replies:
             node = m.metadata.src_node_id
@@ -185,16 +211,20 @@ class _CheckedGrid:
                 self.out.errors.append(f"node {node}: {error_line(m)} (SecAgg+ {stage})")
                 continue
             try:
-                check_reply(stage, m, self.shapes, self.nodes, self.mod)
-            except Exception as exc:  # noqa: BLE001  (a hostile reply counts as a dropout, never stops the round)
+                check_reply(stage, m, sent[m.metadata.reply_to_message_id], self.shapes)
+            except Exception as exc:  # noqa: BLE001  (a hostile reply counts as a dropout)
                 reason = str(exc)[:200] if isinstance(exc, ValueError) else type(exc).__name__
                 self.out.errors.append(f"node {node}: malformed SecAgg+ {stage} reply, left out ({reason})")
                 continue
             kept.append(m)
+        if stage == Stage.SETUP and (twice := _duplicate_keys(kept)):
+            self.out.errors += [f"node {n}: malformed SecAgg+ setup reply, left out (a public key another node "
+                                "also sent)" for n in sorted(twice)]
+            kept = [m for m in kept if m.metadata.src_node_id not in twice]
         answered = {m.metadata.src_node_id for m in replies}
         lost = [m.metadata.dst_node_id for m in msgs if m.metadata.dst_node_id not in answered]
         if lost:
-            self.out.errors.append(f"{len(lost)} node(s) sent no SecAgg+ {stage} reply within strategy.round-timeout")
+            self.out.errors.append(f"{len(lost)} node(s) sent no SecAgg+ {stage} reply within {wait:.0f} s")
         if stage == Stage.COLLECT_MASKED_VECTORS:
             self.collected = {m.metadata.src_node_id: m for m in kept}
         return kept
@@ -221,6 +251,30 @@ def workflow_for(c: StrategyConfig, timeout: float) -> SecAggPlusWorkflow:
                               timeout=timeout)
 
 
+def max_nodes(bits: int) -> int:
+    """The most nodes a round may sum at ``bits``: every node's weight entry is ``2^bits`` and the sum is taken
+    modulo ``2^32``, so ``2^(32 - bits)`` nodes would wrap the weights' sum to 0."""
+    return 2 ** (MOD_BITS - bits) - 1
+
+
+@contextmanager
+def _weights_seen(box: list[int]) -> Iterator[None]:
+    """Record the unmasked sum of the nodes' weight entries as Flower's unmask stage splits it off (the workflow
+    has no hook for it; its module's ``factor_extract`` is wrapped for the duration of one round)."""
+    original = _workflow_module.factor_extract
+
+    def spy(parameters: list[np.ndarray]) -> tuple[int, list[np.ndarray]]:
+        factor, rest = original(parameters)
+        box.append(int(factor))
+        return factor, rest
+
+    _workflow_module.factor_extract = spy
+    try:
+        yield
+    finally:
+        _workflow_module.factor_extract = original
+
+
 def secure_round(grid: Grid, msgs: list[Message], server_round: int, c: StrategyConfig, timeout: float) -> SecureRound:
     """Run Flower's SecAgg+ stages for the stack's train messages ``msgs`` (each carrying the fp32 global)."""
     out = SecureRound()
@@ -228,43 +282,58 @@ def secure_round(grid: Grid, msgs: list[Message], server_round: int, c: Strategy
         out.halted = "no node sampled"
         return out
     nodes = [m.metadata.dst_node_id for m in msgs]
-    if len(nodes) > 2 ** (MOD_BITS - c.secagg_quantization_bits):
+    if len(nodes) > max_nodes(c.secagg_quantization_bits):
         out.halted = (f"{len(nodes)} nodes would overflow the 2^{MOD_BITS} masked sum at strategy.secagg."
-                      f"quantization-bits={c.secagg_quantization_bits}; lower it")
+                      f"quantization-bits={c.secagg_quantization_bits} (at most "
+                      f"{max_nodes(c.secagg_quantization_bits)}); lower it")
         return out
     glob = from_array_record(msgs[0].content["arrays"])
     keys = sorted(glob)
     shapes = [tuple(glob[k].shape) for k in keys]
     workflow, state, total = workflow_for(c, timeout), WorkflowState(), _Sum(nodes)
     context = _Context(server_round, total)
-    checked = _CheckedGrid(grid, out, shapes, nodes, timeout, 2 ** MOD_BITS)
+    checked = _CheckedGrid(grid, out, shapes, timeout)
+    weights: list[int] = []
     try:
-        done = workflow.setup_stage(checked, context, state)  # type: ignore[arg-type]
-        # the masked-vector stage sends each node what the stack prepared for it (plus SecAgg+'s record)
-        state.nid_to_fitins = {m.metadata.dst_node_id: m.content for m in msgs}
-        done = done and workflow.share_keys_stage(checked, context, state)  # type: ignore[arg-type]
-        if done:
-            forget_early_dropouts(state)
-        for stage in (workflow.collect_masked_vectors_stage, workflow.unmask_stage):
-            done = done and stage(checked, context, state)  # type: ignore[arg-type]
+        with _weights_seen(weights):
+            done = workflow.setup_stage(checked, context, state)  # type: ignore[arg-type]
+            # the masked-vector stage sends each node what the stack prepared for it (plus SecAgg+'s record)
+            state.nid_to_fitins = {m.metadata.dst_node_id: m.content for m in msgs}
+            if done:
+                forget_early_dropouts(state)
+            done = done and workflow.share_keys_stage(checked, context, state)  # type: ignore[arg-type]
+            if done:
+                forget_early_dropouts(state)
+            for stage in (workflow.collect_masked_vectors_stage, workflow.unmask_stage):
+                done = done and stage(checked, context, state)  # type: ignore[arg-type]
     except Exception as exc:  # (Flower's stages raise on what they do not expect)
         log.exception("round %d: SecAgg+ failed", server_round)
         out.halted = f"SecAgg+ failed ({type(exc).__name__}: {str(exc)[:200]})"
+        out.revealed = bool(weights)
         return out
     if not done or total.average is None:
         out.halted = "SecAgg+ halted: too few nodes stayed to rebuild the masks (strategy.secagg.threshold)"
         return out
-    average = dict(zip(keys, total.average, strict=True))
+    out.revealed = True  # the server now holds this round's sum: the round is not resampled (server_loop)
+    # every honest node's weight entry is 2^bits: another sum is a node claiming another weight (which would
+    # rescale the mean)
+    want = len(total.summed) * 2 ** c.secagg_quantization_bits
+    if weights != [want]:
+        out.halted = (f"SecAgg+ sum refused: the nodes' weights sum to {weights[0] if weights else '?'}, not the "
+                      f"{want} of {len(total.summed)} nodes of weight 1 (a node claimed another weight)")
+        return out
     # every honest entry was clipped to +-c before it was quantized, so every entry of their mean is within +-c
     # (plus a step of rounding): a sum outside that was not made of quantized updates (a node added what it
     # liked to its vector, or spoiled its shares). Refused; a node can still move the mean within +-c unseen.
     bound = float(c.secagg_clipping_range)
     worst = max((float(np.abs(a).max()) for a in total.average if a.size), default=0.0)
-    if worst > bound * (1 + 2 / 2 ** c.secagg_quantization_bits):
+    if not np.isfinite(worst) or worst > bound * (1 + 2 / 2 ** c.secagg_quantization_bits):
         out.halted = (f"SecAgg+ sum refused: an entry of the unmasked average is {worst:.3g}, outside the "
                       f"+-{bound:g} every honest update was clipped to (a node sent values it could not have "
                       "quantized)")
         return out
+    average = dict(zip(keys, total.average, strict=True))
+    # one ArrayRecord shared by the replies: the layers below replace a reply's content, never edit its arrays
     adapter = to_array_record({k: (glob[k].astype(np.float64) + average[k]).astype(np.float32) for k in keys})
     for node in total.summed:
         reply = checked.collected[node]

@@ -290,6 +290,15 @@ def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float
         errors += traffic.errors + extra
         if traffic.accepted >= need and new_arrays is not None:
             return new_arrays, metrics, msgs, replies, errors
+        if cfg.strategy.secagg_mode != "off" and secure.revealed:
+            # the nodes would train the same updates again (seeded by round and partition): a second sum over
+            # other nodes would give the server the difference, i.e. single updates
+            strategy.ctx.attempt = 0
+            raise RunStopped(
+                f"round {r}: the SecAgg+ sum of {len(replies)} updates was not usable ({'; '.join(errors[-3:])}); "
+                "under SecAgg+ a round whose sum was unmasked is not resampled (a second sum over other nodes would "
+                "reveal the difference). Nothing of the round was kept; fix the cause and continue with "
+                "`flowertune run --resume RUN_DIR`")
         log.warning("round %d (try %d of %d): %d usable updates, strategy.min-train-nodes=%d: %s", r, attempt + 1,
                     cfg.strategy.round_retries + 1, traffic.accepted, need, "; ".join(errors[-3:]) or "-")
     strategy.ctx.attempt = 0

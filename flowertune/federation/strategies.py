@@ -121,6 +121,7 @@ def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap]
 
         inner = dp_layers(inner, ctx, cfg.dp_mode, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, cfg.dp_delta,
                           cfg.dp_target_epsilon, cfg.dp_target_quantile, cfg.dp_clip_learning_rate, cfg.dp_count_noise)
+        inner.secure = cfg.secagg_mode != "off"
     # under DP the median bound and the direction check are off: they depend on the other nodes' updates (the
     # clipping norm bounds each); under SecAgg+ the server sees no single update to judge
     judge = not dp and cfg.secagg_mode == "off"

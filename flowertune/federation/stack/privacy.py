@@ -105,6 +105,7 @@ class PrivacyLedger(UpdateLayer):
         super().__init__(strategy, ctx)
         self.mode, self.delta, self.target = mode, delta, target_epsilon
         self.acc = accountant(delta)
+        self.secure = False  # under SecAgg+ every reply carries the round's unmasked mean (make_strategy)
         self.sampled = 0
         self.last: dict[str, Any] = {}
 
@@ -153,6 +154,14 @@ class PrivacyLedger(UpdateLayer):
         traffic, kept = self.ctx.traffic, []
         for msg in (r for r in replies if not r.has_error()):
             node = msg.metadata.src_node_id
+            if self.secure and (norm := self.over_the_norm(msg)) is not None:  # every reply carries the same mean
+                traffic.rejected.append(f"the unmasked mean of the round's updates has norm {norm:.4g}, over "
+                                        f"strategy.dp.clipping-norm {self.clip:g}: a node skipped its clipping "
+                                        "(under SecAgg+ the server cannot tell which)")
+                traffic.accepted, traffic.accepted_nodes, kept = 0, set(), []
+                traffic.client_metrics.clear()
+                log.warning("round %d: %s", server_round, traffic.rejected[-1])
+                break
             if (norm := self.over_the_norm(msg)) is not None:
                 traffic.rejected.append(f"node {node}: update norm {norm:.4g} is over strategy.dp.clipping-norm "
                                         f"{self.clip:g} (client-side clipping skipped)")
