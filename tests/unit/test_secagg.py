@@ -398,7 +398,7 @@ def test_a_round_whose_sum_was_unmasked_is_not_resampled_one_that_halted_before_
     assert masked_rounds(fed) == 2  # node 101's masked vector, on each of the two tries
     fed = Federation()
     cfg, strategy, directory, progress = round_setup(fed, min_train=5)
-    new, _, msgs, replies, errors = train_round(strategy, fed, 1, progress, 0.1, cfg, directory)
+    new, _, _, replies, errors = train_round(strategy, fed, 1, progress, 0.1, cfg, directory)
     got = from_array_record(new)
     assert len(replies) == 5 and errors == [] and max_diff(got, fedavg(glob_arrays(), NODES)) <= tolerance(got)
     assert strategy.traffic.up > len(NODES) * 8 * sum(int(np.prod(s)) for s in SHAPES.values())
