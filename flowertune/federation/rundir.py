@@ -217,19 +217,25 @@ def read_summary(run: Path) -> dict[str, Any] | None:
 
 
 def privacy_line(run: Path) -> str | None:
-    """The run's differential-privacy guarantee in one line (None for a run without ``strategy.dp.mode``)."""
+    """The run's privacy in one line: its differential-privacy guarantee and whether its updates were securely
+    aggregated (None for a run with neither)."""
     config = read_config(run)
+    secure = config.get("strategy.secagg.mode", "off") != "off"
+    sa = ("secure aggregation (SecAgg+, Flower's protocol): the server saw only the sum of each round's updates"
+          if secure else "")
     if config.get("strategy.dp.mode", "off") == "off":
-        return None
+        return f"{sa} (no differential privacy: no ε)" if secure else None
     rows = [r for r in read_metrics(run) if r.get("dp_epsilon") is not None]
     if not rows:
-        return f"client-level DP ({config['strategy.dp.mode']}): no private round released yet"
+        return f"client-level DP ({config['strategy.dp.mode']}): no private round released yet" + (
+            f"; {sa}" if secure else "")
     summary = read_summary(run) or {}
     last = {**rows[-1], **{k: summary[k] for k in ("dp_epsilon", "dp_releases") if k in summary}}
     return (f"client-level DP ({config['strategy.dp.mode']}, noise multiplier {config['strategy.dp.noise-multiplier']}"
             f", clipping norm {config['strategy.dp.clipping-norm']}): ε = {last['dp_epsilon']:.4g} at δ = "
             f"{last['dp_delta']:g} after {last['dp_releases']} releases (round {last['round']}); RDP accounting, "
-            "neighbouring federations differ by one node's whole data (zero-out), no amplification by sampling")
+            "neighbouring federations differ by one node's whole data (zero-out), no amplification by sampling"
+            + (f"; {sa}" if secure else ""))
 
 
 def read_stopped(run: Path) -> str | None:

@@ -43,7 +43,7 @@ def status_line(run: Path) -> str:
     if stopped:
         return f"**Stopped** after round {rows[-1]['round'] if rows else 0}: {stopped} (started {started})" + tail
     if summary is None:
-        return f"**Not finished**: {len(rows) - 1 if rows else 0} round(s) recorded so far (started {started})"
+        return f"**Not finished**: {len(rows) - 1 if rows else 0} round(s) recorded so far (started {started})" + tail
     resumed = meta.get("resumed", [])
     return (f"**Finished**: {summary['rounds']} rounds in {summary['wall_s'] / 60:.1f} min (started {started}"
             + (f", resumed {len(resumed)}x" if resumed else "") + ")"

@@ -231,3 +231,10 @@ def test_a_dp_run_states_its_epsilon_in_the_report_and_the_submission(tmp_path: 
     assert "### Privacy" in readme and "ε = 6.123 at δ = 1e-05" in readme and "no amplification by sampling" in readme
     plain = make_run(tmp_path / "plain", results=FINANCE)
     assert "Privacy" not in write_report(plain).read_text() and "ε (DP)" not in write_report(plain).read_text()
+    flat, _ = layer("finance", {"num-server-rounds": 2, "run.output-dir": str(tmp_path / "secure"),
+                                "strategy.secagg.mode": "secagg+"})
+    secure = RunDir.create(from_flat(flat))
+    for row in fake_rows(2):
+        secure.log(row)
+    assert ("**Privacy**: secure aggregation (SecAgg+, Flower's protocol): the server saw only the sum of each "
+            "round's updates (no differential privacy: no ε)") in write_report(secure.path).read_text()
