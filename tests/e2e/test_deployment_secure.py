@@ -1,7 +1,9 @@
 """Secure deployment on loopback: TLS (certificates from `flowertune certs`) and Flower's SuperNode
-authentication (keys registered with `flowertune register`). Registered SuperNodes train 2 rounds with the
-model resident in their workers; a SuperNode with an unregistered key is refused by the SuperLink. (The
-insecure deployment path is exercised by test_deployment_churn.py.)"""
+authentication (keys registered with `flowertune register`), and secure aggregation (SecAgg+). Registered
+SuperNodes train 2 rounds with the model resident in their workers, their updates masked; a SuperNode with an
+unregistered key is refused by the SuperLink. (The insecure deployment path is exercised by
+test_deployment_churn.py; SecAgg+'s arithmetic, dropouts and hostile replies by tests/unit/test_secagg.py and
+tests/e2e/test_privacy_runtime.py.)"""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ def wait_port(port: int, timeout: float = 60) -> None:
 
 
 def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model_dir, tiny_data_file):
+    from safetensors.numpy import load_file
+
     env = isolated_env(tmp_path)
     certs = tmp_path / "certs"
     made = subprocess.run([str(BIN / "flowertune"), "certs", str(certs), "--supernodes", "3"], env=env,
@@ -59,7 +63,8 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
         supernode("intruder", "supernode-2.key", 0)  # a valid TLS client whose key nobody registered
         run = subprocess.run([str(BIN / "flowertune"), "run", "--superlink", f"127.0.0.1:{port}",
                               "--root-certificates", str(certs / "ca.crt"), "--out", str(out),
-                              *tiny_overrides(tiny_model_dir, tiny_data_file, **{"strategy.min-available-nodes": 2})],
+                              *tiny_overrides(tiny_model_dir, tiny_data_file, **{"strategy.min-available-nodes": 2,
+                                                                                 "strategy.secagg.mode": "secagg+"})],
                              env=env, capture_output=True, text=True, check=False, timeout=900)
     finally:
         group.close()
@@ -71,6 +76,13 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
     # fresh flwr-clientapp process per message in deployment)
     assert all(r["client_model_loads"] == 1.0 for r in rows[1:])
     assert rows[-1]["eval_loss"] > 0 and json.loads((out / "summary.json").read_text())["rounds"] == 2
+    # the updates were securely aggregated (SecAgg+ on the deployment runtime: each stage's message runs in a
+    # fresh ClientApp process, the protocol's state kept in the node's context between them); the uplink carries
+    # int64 masked vectors, more than twice the fp32 adapter a plain round sends
+    text = run.stdout + run.stderr
+    assert text.count("SecAgg+ summed 2 of 2 updates") == 2, text[-3000:]
+    adapter = sum(v.size for v in load_file(str(out / "final_adapter" / "adapter_model.safetensors")).values())
+    assert all(r["bytes_up"] > 2 * 8 * adapter for r in rows[1:])
     # the SuperLink activated the two registered keys only and refused the third; the intruder kept failing
     link = group.log("superlink")
     assert link.count("[Fleet.ActivateNode] Activated node_id") == 2, link[-3000:]
