@@ -96,24 +96,33 @@ def stop_processes(home: Path) -> None:
     subprocess.run(["pkill", "-9", "-f", str(home)], check=False)
 
 
-def run_one(root: Path, base: dict, defense: str, attack: str, hostile: int, nodes: int) -> dict:
-    """One Flower run; its metrics rows summarised."""
-    out = root / f"{defense}--{attack}"
+def flwr_run(root: Path, overrides: dict, attacks: dict[int, str], nodes: int, log: Path,
+             record_dir: Path | None = None, timeout: int = 3600) -> subprocess.CompletedProcess:
+    """One ``flwr run`` of the hostile app (``attacks``: partition -> behaviour) with ``overrides`` layered over
+    the quickstart preset, ``nodes`` simulated SuperNodes; its output written to ``log``, its processes stopped."""
     home = root / "home"
-    overrides = {**base, **DEFENSES[defense], "run.output-dir": str(out), "num-supernodes": nodes}
-    user = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
     env = env_for(home)
+    user = [f"{k}={json.dumps(v)}" for k, v in {**overrides, "num-supernodes": nodes}.items()]
     text = subprocess.run([str(BIN / "flowertune"), "presets", "--run-config", "quickstart", *user], env=env,
                           capture_output=True, text=True, check=True, timeout=120).stdout.strip()
-    app = app_dir(root, MIXED if attack == "mixed" else {} if attack == "none" else {hostile: attack})
-    t0 = time.perf_counter()
+    app = app_dir(root, attacks, record_dir)
     try:
         proc = subprocess.run([str(BIN / "flwr"), "run", str(app), "--run-config", text, "--stream",
                                "--federation-config", f"num-supernodes={nodes}"], env=env, capture_output=True,
-                              text=True, timeout=3600, check=False)
+                              text=True, timeout=timeout, check=False)
     finally:
         stop_processes(home)
-    (root / f"{defense}--{attack}.log").write_text(proc.stdout + proc.stderr)
+    log.write_text(proc.stdout + proc.stderr)
+    return proc
+
+
+def run_one(root: Path, base: dict, defense: str, attack: str, hostile: int, nodes: int) -> dict:
+    """One Flower run; its metrics rows summarised."""
+    out = root / f"{defense}--{attack}"
+    t0 = time.perf_counter()
+    proc = flwr_run(root, {**base, **DEFENSES[defense], "run.output-dir": str(out)},
+                    MIXED if attack == "mixed" else {} if attack == "none" else {hostile: attack}, nodes,
+                    root / f"{defense}--{attack}.log")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()] \
         if (out / "metrics.jsonl").exists() else []
     evals = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]

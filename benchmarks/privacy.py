@@ -108,37 +108,26 @@ def run_variant(name: str, args: argparse.Namespace, data: Path, out: Path) -> d
 
 # -- --quick: one SecAgg+ round through Flower's simulation, checked against plain FedAvg ---------------------
 def quick(root: Path) -> int:
-    import subprocess
 
     import numpy as np
     from _common import tiny_model_dir
-    from attacks import BIN, app_dir, env_for, stop_processes
+    from attacks import flwr_run
     from safetensors.numpy import load_file
 
     nodes, clip, bits = 4, 0.1, 22
     records = root / "records"
     records.mkdir(parents=True, exist_ok=True)
-    out, home = root / "secagg-dropout", root / "home"
+    out = root / "secagg-dropout"
     overrides = {"num-server-rounds": 1, "model.name": tiny_model_dir(root), "model.lora.peft-lora-r": 4,
                  "train.training-arguments.max-steps": 2, "train.training-arguments.per-device-train-batch-size": 2,
                  "train.seq-length": 128, "strategy.fraction-train": 1.0, "strategy.min-train-nodes": 2,
                  "strategy.min-available-nodes": nodes, "train.eval-every-round": 0, "run.client-worker": "off",
                  "run.progress-every-s": 0.0, "strategy.secagg.mode": "secagg+", "wire.codec": "fp32",
                  "strategy.secagg.clipping-range": clip, "strategy.secagg.quantization-bits": bits,
-                 "run.output-dir": str(out), "num-supernodes": nodes}
-    env = env_for(home)
-    text = subprocess.run([str(BIN / "flowertune"), "presets", "--run-config", "quickstart",
-                           *[f"{k}={json.dumps(v)}" for k, v in overrides.items()]], env=env, capture_output=True,
-                          text=True, check=True, timeout=120).stdout.strip()
-    app = app_dir(root, {0: "secagg-record", 1: "secagg-record", 2: "secagg-record", 3: "secagg-drop"}, records)
+                 "run.output-dir": str(out)}
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([str(BIN / "flwr"), "run", str(app), "--run-config", text, "--stream",
-                               "--federation-config", f"num-supernodes={nodes}"], env=env, capture_output=True,
-                              text=True, timeout=1200, check=False)
-    finally:
-        stop_processes(home)
-    (root / "secagg-dropout.log").write_text(proc.stdout + proc.stderr)
+    proc = flwr_run(root, overrides, {0: "secagg-record", 1: "secagg-record", 2: "secagg-record", 3: "secagg-drop"},
+                    nodes, root / "secagg-dropout.log", records, timeout=1200)
     if proc.returncode != 0 or not (out / "summary.json").exists():
         print(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"the SecAgg+ run failed; see {root / 'secagg-dropout.log'}")

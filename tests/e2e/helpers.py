@@ -76,6 +76,19 @@ def tiny_overrides(model_dir: Path, data: Path, **extra: object) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in cfg.items()]
 
 
+def run_quick_benchmark(script: str, root: Path, home: Path) -> subprocess.CompletedProcess:
+    """``benchmarks/<script> --quick --out root`` with a private home; the Flower processes it started under
+    ``root`` are stopped after."""
+    from tests.conftest import REPO
+
+    try:
+        return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick", "--out", str(root)],
+                              env=isolated_env(home), capture_output=True, text=True, timeout=1200, check=False,
+                              cwd=REPO)
+    finally:
+        kill_processes_mentioning(str(root))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

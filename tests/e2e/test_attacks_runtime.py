@@ -8,23 +8,14 @@ sign-flipped, NaN updates, num-examples 1e9 — are in tests/unit/test_trust.py.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 
-from tests.conftest import REPO
-from tests.e2e.helpers import isolated_env, kill_processes_mentioning, read_jsonl
+from tests.e2e.helpers import read_jsonl, run_quick_benchmark
 
 
 def test_hostile_nodes_cannot_stop_or_capture_the_run(tmp_path):
     root = tmp_path / "attacks"
-    try:
-        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "attacks.py"), "--quick", "--out", str(root)],
-                              env=isolated_env(tmp_path / "home"), capture_output=True, text=True, timeout=1200,
-                              check=False, cwd=REPO)
-    finally:
-        kill_processes_mentioning(str(root))
+    proc = run_quick_benchmark("attacks.py", root, tmp_path / "home")
     out = root / "defaults--mixed"
     assert proc.returncode == 0 and (out / "summary.json").exists(), proc.stdout[-4000:] + proc.stderr[-3000:]
     rows = read_jsonl(out / "metrics.jsonl")

@@ -8,21 +8,13 @@ stage, and counts the four stages' bytes (int64 masked vectors: more than twice 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from tests.conftest import REPO
-from tests.e2e.helpers import isolated_env, kill_processes_mentioning, read_jsonl
+from tests.e2e.helpers import read_jsonl, run_quick_benchmark
 
 
 def test_a_secagg_round_with_a_dropout_equals_fedavg_of_the_nodes_that_stayed(tmp_path):
     root = tmp_path / "privacy"
-    try:
-        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "privacy.py"), "--quick", "--out", str(root)],
-                              env=isolated_env(tmp_path / "home"), capture_output=True, text=True, timeout=1200,
-                              check=False, cwd=REPO)
-    finally:
-        kill_processes_mentioning(str(root))
+    proc = run_quick_benchmark("privacy.py", root, tmp_path / "home")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     got = json.loads((root / "quick.json").read_text())
     assert got["survivors"] == 3 and got["dropped"] == 1 and got["keys_match"]
