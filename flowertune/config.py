@@ -141,8 +141,9 @@ class StrategyConfig:
     dp_mode: str = key("strategy.dp.mode", "off",
                        "client-level differential privacy: off | server-fixed (the server clips each update) | "
                        "server-adaptive (the same, the norm moving toward strategy.dp.target-quantile of the update "
-                       "norms) | client-fixed (each node clips its own; the server checks the norm); Gaussian noise "
-                       "on the average, ε accounted")
+                       "norms) | client-fixed (each node clips its own; the server checks the norm) | client-adaptive "
+                       "(the same, the norm moving as for server-adaptive); Gaussian noise on the average, ε "
+                       "accounted")
     dp_noise_multiplier: float = key("strategy.dp.noise-multiplier", 1.0,
                                      "noise standard deviation in units of the clipping norm (per node sampled)")
     dp_clipping_norm: float = key("strategy.dp.clipping-norm", 1.0,
@@ -152,11 +153,13 @@ class StrategyConfig:
     dp_target_epsilon: float = key("strategy.dp.target-epsilon", 0.0,
                                    "stop before the round that would take ε past this (0 = no limit)")
     dp_target_quantile: float = key("strategy.dp.target-quantile", 0.5,
-                                    "server-adaptive: share of the updates the clipping norm aims to leave unclipped")
+                                    "server-/client-adaptive: share of the updates the clipping norm aims to leave "
+                                    "unclipped")
     dp_clip_learning_rate: float = key("strategy.dp.clip-learning-rate", 0.2,
-                                       "server-adaptive: step of the norm's geometric update per round")
+                                       "server-/client-adaptive: step of the norm's geometric update per round")
     dp_count_noise: float = key("strategy.dp.count-noise", 5.0,
-                                "server-adaptive: standard deviation of the noise on the count of unclipped updates "
+                                "server-/client-adaptive: standard deviation of the noise on the count of unclipped "
+                                "updates "
                                 "(must be over strategy.dp.noise-multiplier / 2; the update noise is raised to keep "
                                 "the total at the noise multiplier)")
     secagg_mode: str = key("strategy.secagg.mode", "off",
@@ -400,8 +403,8 @@ def validate(cfg: Config) -> None:
     need(cfg.strategy.multikrum_select >= 1, "strategy.multikrum-select must be >= 1")
     validate_dp(cfg.strategy, need)
     validate_secagg(cfg.strategy, cfg.run.wire_codec, cfg.run.num_supernodes, need)
-    need(cfg.strategy.dp_mode != "client-fixed" or cfg.run.wire_codec == "fp32",
-         f"strategy.dp.mode=client-fixed needs wire.codec=fp32: the server checks each decoded update against the "
+    need(not cfg.strategy.dp_mode.startswith("client-") or cfg.run.wire_codec == "fp32",
+         f"strategy.dp.mode={cfg.strategy.dp_mode} needs wire.codec=fp32: the server checks each decoded update against the "
          f"clipping norm, and {cfg.run.wire_codec}'s rounding (and residual) would push clipped updates past it")
     need(cfg.run.progress_every_s >= 0, "run.progress-every-s must be >= 0 seconds (0 = no progress lines)")
     need(not cfg.run.resume or cfg.run.output_dir != "",
@@ -414,15 +417,16 @@ def validate(cfg: Config) -> None:
 def validate_dp(c: StrategyConfig, need: Callable[[bool, str], None]) -> None:
     """``strategy.dp.*``: the mode exists, its numbers are in range, and the rest of the stack keeps the
     mechanism's sensitivity (an equal-weight mean of clipped updates, noised before any server optimizer)."""
-    need(c.dp_mode in ("off", "server-fixed", "server-adaptive", "client-fixed"), f"strategy.dp.mode={c.dp_mode!r} "
-         "is not valid; choose off, server-fixed, server-adaptive or client-fixed")
+    need(c.dp_mode in ("off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive"),
+         f"strategy.dp.mode={c.dp_mode!r} is not valid; choose off, server-fixed, server-adaptive, client-fixed or "
+         "client-adaptive")
     if c.dp_mode == "off":
         return
     need(0 < c.dp_noise_multiplier < math.inf, "strategy.dp.noise-multiplier must be a finite number > 0")
     need(0 < c.dp_clipping_norm < math.inf, "strategy.dp.clipping-norm must be a finite number > 0")
     need(0 < c.dp_delta < 1, "strategy.dp.delta must be in (0, 1), e.g. 1e-5")
     need(0 <= c.dp_target_epsilon < math.inf, "strategy.dp.target-epsilon must be a finite number >= 0 (0 = no limit)")
-    if c.dp_mode == "server-adaptive":
+    if c.dp_mode.endswith("-adaptive"):
         need(0 < c.dp_target_quantile < 1, "strategy.dp.target-quantile must be in (0, 1)")
         need(0 < c.dp_clip_learning_rate < math.inf, "strategy.dp.clip-learning-rate must be a finite number > 0")
         need(c.dp_noise_multiplier / 2 < c.dp_count_noise < math.inf,
@@ -451,8 +455,9 @@ def validate_secagg(c: StrategyConfig, codec: str, nodes: int, need: Callable[[b
     need(c.name in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"),
          f"strategy.secagg.mode=secagg+ needs an aggregator of the mean (fedavg, fedprox, fedavgm, fedadam, fedyogi): "
          f"{c.name} needs each update, which secure aggregation hides from the server")
-    need(not c.dp_mode.startswith("server-"), "strategy.secagg.mode=secagg+ hides each update from the server, which therefore "
-         "cannot clip it: use strategy.dp.mode=client-fixed (each node clips its own; the server noises the sum)")
+    cannot = "clip it" if c.dp_mode.startswith("server-") else "count the clipped ones"
+    need(c.dp_mode in ("off", "client-fixed"), f"strategy.secagg.mode=secagg+ hides each update from the server, "
+         f"which therefore cannot {cannot}: use strategy.dp.mode=client-fixed (each node clips its own; the server noises the sum)")
     need(c.norm_bound == 0, "strategy.norm-bound needs each update, which secure aggregation hides from the server; "
          "set it to 0 (strategy.secagg.clipping-range bounds every entry, strategy.dp.mode=client-fixed the norm)")
     need(c.min_train_nodes >= 2, "strategy.secagg.mode=secagg+ needs strategy.min-train-nodes >= 2 (a sum of one "

@@ -397,6 +397,53 @@ def test_the_count_noise_takes_its_share_of_the_budget_and_the_ledger_accounts_t
     assert all(l2({k: a[k].astype(np.float64) - glob[k] for k in glob}) <= used * (1 + 1e-4) for a, _ in spy.seen)
 
 
+def test_client_adaptive_moves_the_norm_it_sends_from_the_clipped_updates_that_come_back():
+    """Each node's true update has norm 1.0 (two nodes) or 0.2 (two); each clips it with Flower's
+    fixedclipping_mod (flowertune's dp_clip_mod) to the norm the server sent. From a start at 2.0 every update
+    comes back shorter than the norm (0 of 4 clipped): the norm falls; once it is under 1.0, two come back at
+    its length: counted clipped, and with target quantile 0.5 the norm settles between 0.2 and 1.0. A node that
+    sends an update longer than the norm it was sent is rejected, as under client-fixed."""
+    from flwr.app import Context, Message, MetricRecord, RecordDict
+
+    from flowertune.client_app import dp_clip_mod
+    from flowertune.federation.stack.privacy import AdaptiveClipping
+
+    rng = np.random.default_rng(5)
+    s = make_strategy(StrategyConfig(fraction_train=1.0, min_train_nodes=1, dp_mode="client-adaptive",
+                                     dp_noise_multiplier=0.01, dp_clipping_norm=2.0, dp_count_noise=0.01,
+                                     dp_clip_learning_rate=0.5))
+    assert "dp(client-adaptive" in describe(s) and "DifferentialPrivacyClientSideFixedClipping" in describe(s)
+    layer, ledger = find_layer(s, AdaptiveClipping), find_layer(s, PrivacyLedger)
+    glob, sent_norms = zeros(), []
+    ctx = Context(run_id=1, node_id=3, node_config={}, state=RecordDict(), run_config={})
+    for r in range(1, 21):
+        msgs = configure(s, glob, NODES[:4], rnd=r)
+        sent = msgs[0].content["config"]["clipping_norm"]
+        assert all(m.content["config"]["clipping_norm"] == sent for m in msgs)
+        sent_norms.append(sent)
+        replies = []
+        for m, u in zip(msgs, updates_of_norm(glob, [1.0, 1.0, 0.2, 0.2], rng)):
+            def handler(msg, _ctx, u=u):
+                return Message(RecordDict({"arrays": to_array_record(u),
+                                           "metrics": MetricRecord({"num-examples": 4, "train_loss": 1.0})}),
+                               reply_to=msg)
+            out = dp_clip_mod(m, ctx, handler)
+            replies.append(out)
+        s.aggregate_train(r, replies)
+        assert s.traffic.rejected == []
+        expected = 0 if sent >= 1.0 * (1 + 1e-3) else 2  # the clipped ones: the two of norm 1.0 once under it
+        assert layer.last_unclipped == pytest.approx((4 - expected) / 4, abs=0.05), (r, sent)
+    assert sent_norms[:4] == sorted(sent_norms[:4], reverse=True) and sent_norms[3] < 2.0  # falling from 2.0
+    assert 0.2 < sent_norms[-1] < 1.05, sent_norms  # settled where half the updates are clipped
+    assert ledger.last["dp_clipping_norm"] == pytest.approx(sent_norms[-1])
+    # a node that skips the clip: rejected with the reason
+    msgs = configure(s, glob, NODES[:4], rnd=21)
+    norm = msgs[0].content["config"]["clipping_norm"]
+    long = updates_of_norm(glob, [norm * 1.5], rng)[0]
+    s.aggregate_train(21, [reply(msgs[0], long), *[reply(m, glob) for m in msgs[1:]]])
+    assert len(s.traffic.rejected) == 1 and "client-side clipping skipped" in s.traffic.rejected[0]
+
+
 @pytest.mark.parametrize("flat,problem", [
     ({"strategy.dp.count-noise": 0.5}, "count-noise must be over strategy.dp.noise-multiplier / 2 = 0.5"),
     ({"strategy.dp.target-quantile": 1.0}, "target-quantile must be in (0, 1)"),
@@ -409,3 +456,13 @@ def test_adaptive_config_values_past_each_bound_are_refused(flat, problem):
         from_flat({"strategy.dp.mode": "server-adaptive", **flat})
     assert problem in str(exc.value)
     assert from_flat({"strategy.dp.mode": "server-adaptive", "strategy.dp.count-noise": 0.5001}).strategy.dp_mode
+
+
+def test_client_adaptive_is_refused_where_the_server_cannot_see_the_clipped_updates():
+    with pytest.raises(ConfigError, match="client-adaptive needs wire.codec=fp32"):
+        from_flat({"strategy.dp.mode": "client-adaptive", "wire.codec": "delta-int8"})
+    with pytest.raises(ConfigError, match="cannot count the clipped ones: use strategy.dp.mode=client-fixed"):
+        from_flat({"strategy.dp.mode": "client-adaptive", "wire.codec": "fp32", "strategy.secagg.mode": "secagg+"})
+    with pytest.raises(ConfigError, match="count-noise must be over"):
+        from_flat({"strategy.dp.mode": "client-adaptive", "wire.codec": "fp32", "strategy.dp.count-noise": 0.4})
+    assert from_flat({"strategy.dp.mode": "client-adaptive", "wire.codec": "fp32"}).strategy.dp_mode == "client-adaptive"

@@ -17,6 +17,9 @@ accounted together as one release at the configured multiplier).
 flowertune's ClientApp, told the norm by Flower's ``DifferentialPrivacyClientSideFixedClipping`` in the
 train config) and the server adds the same noise. The server does not take the clipping on trust: a decoded
 update whose norm is over ``C`` is rejected with the reason (a node that skipped the mod).
+``strategy.dp.mode=client-adaptive``: the same, with the norm the server sends moved as for server-adaptive. The
+server counts the updates that came back shorter than the norm (a clipped update has the norm's length, up to
+float rounding), so the count needs no extra message and reveals nothing the clipped update does not.
 
 Accounting: neighbouring federations differ by one node's whole contribution, in the zero-out form of add or
 remove one node (Kairouz et al. 2021): its update replaced by a zero update, every count unchanged, so one node
@@ -56,7 +59,7 @@ from flowertune.federation.stack.normbound import update_norm
 
 log = logging.getLogger(__name__)
 
-MODES = ("off", "server-fixed", "server-adaptive", "client-fixed")
+MODES = ("off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 NEIGHBOURING = "one node's whole contribution added or removed, as a zero update (client-level, zero-out)"
 SAMPLING = "no amplification by sampling (valid for any node sampling)"
 
@@ -144,7 +147,7 @@ class PrivacyLedger(UpdateLayer):
 
     def over_the_norm(self, msg: Message) -> float | None:
         """The update's norm if a client-clipped update is over the clipping norm (it skipped the clip)."""
-        if self.mode != "client-fixed":
+        if not self.mode.startswith("client-"):
             return None
         norm = update_norm(from_array_record(msg.content["arrays"]), self._global)
         return norm if norm > self.clip * (1 + 1e-4) else None
@@ -221,10 +224,15 @@ class AdaptiveClipping(UpdateLayer):
     name = "adaptive-clip"
     state_name = "dp-adaptive"
 
+    CLIPPED = 1e-4
+    """Under client-side clipping an update is counted as clipped when its norm is within this share of the
+    norm: the node scaled it to the norm exactly, and fp32 (global + update) - global blurs that a little."""
+
     def __init__(self, wrapper: Any, ctx: StackContext, z: float, quantile: float, lr: float,
-                 count_noise: float) -> None:
+                 count_noise: float, client_side: bool = False) -> None:
         super().__init__(wrapper, ctx)
         self.z_total, self.quantile, self.lr, self.count_noise = z, quantile, lr, count_noise
+        self.client_side = client_side
         wrapper.noise_multiplier = update_noise_multiplier(z, count_noise)
         self.last_unclipped: float | None = None  # the noised share of the last round (what moved the norm)
 
@@ -253,7 +261,9 @@ class AdaptiveClipping(UpdateLayer):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         c = self.clipping_norm
-        unclipped = sum(update_norm(from_array_record(m.content["arrays"]), self._global) <= c for m in replies)
+        norms = [update_norm(from_array_record(m.content["arrays"]), self._global) for m in replies]
+        # client-side the updates come back clipped: shorter than the norm = was not clipped
+        unclipped = sum(n < c * (1 - self.CLIPPED) for n in norms) if self.client_side else sum(n <= c for n in norms)
         result = self.strategy.aggregate_train(server_round, replies)
         if result[0] is not None and replies:
             share = (unclipped + float(np.random.normal(0.0, self.count_noise))) / len(replies)
@@ -274,11 +284,11 @@ def dp_layers(inner: Any, ctx: StackContext, mode: str, noise_multiplier: float,
               delta: float, target_epsilon: float, quantile: float = 0.5, clip_lr: float = 0.2,
               count_noise: float = 5.0) -> PrivacyLedger:
     """The ledger over Flower's server-side or client-side fixed-clipping wrapper over ``inner`` (for
-    ``server-adaptive``: the adaptive layer between the ledger and Flower's server-side wrapper)."""
-    wrapper = {"server-fixed": DifferentialPrivacyServerSideFixedClipping,
-               "server-adaptive": DifferentialPrivacyServerSideFixedClipping,
-               "client-fixed": DifferentialPrivacyClientSideFixedClipping}[mode]
+    ``*-adaptive``: the adaptive layer between the ledger and Flower's fixed-clipping wrapper, which it moves)."""
+    wrapper = (DifferentialPrivacyClientSideFixedClipping if mode.startswith("client-")
+               else DifferentialPrivacyServerSideFixedClipping)
     dp: Any = wrapper(inner, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm, num_sampled_clients=1)
-    if mode == "server-adaptive":
-        dp = AdaptiveClipping(dp, ctx, noise_multiplier, quantile, clip_lr, count_noise)
+    if mode.endswith("-adaptive"):
+        dp = AdaptiveClipping(dp, ctx, noise_multiplier, quantile, clip_lr, count_noise,
+                              client_side=mode.startswith("client-"))
     return PrivacyLedger(dp, ctx, mode, delta, target_epsilon)
