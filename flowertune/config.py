@@ -89,6 +89,21 @@ class TrainConfig:
     weight_decay: float = key("train.training-arguments.weight-decay", 0.0, "AdamW weight decay")
     max_grad_norm: float = key("train.training-arguments.max-grad-norm", 1.0, "gradient clipping (0 = off)")
     seed: int = key("train.training-arguments.seed", 42, "seed of local training")
+    dp_sgd_noise_multiplier: float = key("train.dp-sgd.noise-multiplier", 0.0,
+                                         "record-level differential privacy (DP-SGD in each node's training): "
+                                         "noise standard deviation in units of train.dp-sgd.clipping-norm, added to "
+                                         "every step's sum of clipped per-example gradients (0 = off)")
+    dp_sgd_clipping_norm: float = key("train.dp-sgd.clipping-norm", 1.0,
+                                      "DP-SGD: L2 norm each example's gradient (of its mean token loss) is clipped to")
+    dp_sgd_sample_rate: float = key("train.dp-sgd.sample-rate", 0.05,
+                                    "DP-SGD: probability that each training example joins a step (Poisson "
+                                    "sampling; the expected batch is this share of the node's examples; "
+                                    "max-steps steps a round)")
+    dp_sgd_delta: float = key("train.dp-sgd.delta", 1e-5,
+                              "DP-SGD: δ of the reported record-level (ε, δ); keep it below 1 / records per node")
+    dp_sgd_target_epsilon: float = key("train.dp-sgd.target-epsilon", 0.0,
+                                       "DP-SGD: stop before the round in which a node could pass this record-level "
+                                       "ε (0 = no limit)")
 
 
 @dataclass(frozen=True)
@@ -402,6 +417,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.strategy.trimmed_beta < 0.5, "strategy.trimmed-beta must be in [0, 0.5)")
     need(cfg.strategy.multikrum_select >= 1, "strategy.multikrum-select must be >= 1")
     validate_dp(cfg.strategy, need)
+    validate_dp_sgd(cfg.train, need)
     validate_secagg(cfg.strategy, cfg.run.wire_codec, cfg.run.num_supernodes, need)
     need(not cfg.strategy.dp_mode.startswith("client-") or cfg.run.wire_codec == "fp32",
          f"strategy.dp.mode={cfg.strategy.dp_mode} needs wire.codec=fp32: the server checks each decoded update against the "
@@ -438,6 +454,22 @@ def validate_dp(c: StrategyConfig, need: Callable[[bool, str], None]) -> None:
     need(not c.norm_bound_adaptive, "strategy.norm-bound-adaptive moves with the updates and would leak them "
          "outside the accounted mechanism; with strategy.dp.mode use strategy.dp.clipping-norm (or a fixed "
          "strategy.norm-bound)")
+
+
+def validate_dp_sgd(t: TrainConfig, need: Callable[[bool, str], None]) -> None:
+    """``train.dp-sgd.*``: off, or numbers in range and a round of a fixed number of steps (what is accounted)."""
+    need(0 <= t.dp_sgd_noise_multiplier < math.inf,
+         "train.dp-sgd.noise-multiplier must be a finite number >= 0 (0 = record-level DP off)")
+    if t.dp_sgd_noise_multiplier == 0:
+        return
+    need(0 < t.dp_sgd_clipping_norm < math.inf, "train.dp-sgd.clipping-norm must be a finite number > 0")
+    need(0 < t.dp_sgd_sample_rate <= 1, "train.dp-sgd.sample-rate must be in (0, 1] (a probability per example "
+         "and step)")
+    need(0 < t.dp_sgd_delta < 1, "train.dp-sgd.delta must be in (0, 1), e.g. 1e-5")
+    need(0 <= t.dp_sgd_target_epsilon < math.inf,
+         "train.dp-sgd.target-epsilon must be a finite number >= 0 (0 = no limit)")
+    need(t.num_train_epochs == 0, "train.dp-sgd needs train.training-arguments.num-train-epochs=0: a DP-SGD round is "
+         "train.training-arguments.max-steps Poisson-sampled steps (what the accountant counts), not whole passes")
 
 
 def validate_secagg(c: StrategyConfig, codec: str, nodes: int, need: Callable[[bool, str], None]) -> None:

@@ -116,6 +116,24 @@ def privacy_plan(cfg: Config) -> str:
     return line
 
 
+def record_privacy_plan(cfg: Config) -> str:
+    """The record-level ε the planned DP-SGD run can reach: a node sampled every round (its worst case)."""
+    from flowertune.train.accounting import NEIGHBOURING, SAMPLING, record_epsilon, rounds_within
+
+    t, rounds = cfg.train, cfg.run.num_server_rounds
+    eps = record_epsilon(t.dp_sgd_noise_multiplier, t.dp_sgd_sample_rate, rounds * t.max_steps, t.dp_sgd_delta)
+    line = (f"\nrecord-level differential privacy (DP-SGD in each node: z={t.dp_sgd_noise_multiplier:g}, "
+            f"C={t.dp_sgd_clipping_norm:g}, q={t.dp_sgd_sample_rate:g}, {t.max_steps} steps a round): ε = {eps:.4g} at "
+            f"δ = {t.dp_sgd_delta:g} for a node that trains all {rounds} rounds (RDP; neighbouring: {NEIGHBOURING}; "
+            f"{SAMPLING})")
+    if t.dp_sgd_target_epsilon > 0 and eps > t.dp_sgd_target_epsilon:
+        k = rounds_within(t.dp_sgd_noise_multiplier, t.dp_sgd_sample_rate, t.max_steps, t.dp_sgd_delta,
+                          t.dp_sgd_target_epsilon, rounds)
+        line += (f"\n  train.dp-sgd.target-epsilon={t.dp_sgd_target_epsilon:g}: a node can train {k} of the {rounds} "
+                 "rounds; the run stops before the round in which a node sampled more often would pass it")
+    return line
+
+
 def secagg_plan(cfg: Config) -> str:
     """What SecAgg+ will do with the planned rounds: sample size, dropouts tolerated, precision."""
     c = cfg.strategy
@@ -207,6 +225,9 @@ def outcome(run_path: Path, rc: int) -> int:
           f"plots/); log: {run_path / LOG}")
     if s.get("dp_epsilon") is not None:
         print(f"  differential privacy: ε = {s['dp_epsilon']:.4g} at δ = {s['dp_delta']:g} (client-level)")
+    if s.get("dp_record_epsilon") is not None:
+        print(f"  differential privacy: ε = {s['dp_record_epsilon']:.4g} at δ = {s['dp_record_delta']:g} (record-level, "
+              f"the most any node reached)")
     if s.get("stopped"):
         print(f"  ended before num-server-rounds: {s['stopped']}")
     # (a round never completes without strategy.min-train-nodes usable updates: it is resampled, then the run
@@ -223,6 +244,8 @@ def handle(args: argparse.Namespace) -> int:
             print_config(cfg, sources)
             if cfg.strategy.dp_mode != "off":
                 print(privacy_plan(cfg))
+            if cfg.train.dp_sgd_noise_multiplier > 0:
+                print(record_privacy_plan(cfg))
             if cfg.strategy.secagg_mode != "off":
                 print(secagg_plan(cfg))
             return 0

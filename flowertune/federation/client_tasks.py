@@ -36,8 +36,15 @@ def train(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays, l
     data = rt_mod.client_data(cfg, rt, partition_id, num_partitions)
     set_arrays(rt.model, arrays)
     seed = cfg.train.seed + (server_round if cfg.train.dynamic_data_seed else 0) + 7919 * partition_id
-    result = train_round(rt.model, data.train, cfg.train, lr, rt.pad_id, seed, proximal_mu,
-                         on_step=StepLog(partition_id, server_round, cfg.run.progress_every_s))
+    step_log = StepLog(partition_id, server_round, cfg.run.progress_every_s)
+    if cfg.train.dp_sgd_noise_multiplier > 0:  # record-level DP: the loss and the speed stay on the node
+        from flowertune.train.dpsgd import dp_sgd_round
+
+        dp_sgd_round(rt.model, data.train, cfg.train, lr, rt.pad_id, seed, proximal_mu, on_step=step_log)
+        metrics: dict[str, Any] = {"num-examples": len(data.train), "model_loads": rt_mod.MODEL_LOADS,
+                                   "partition-id": partition_id, **process_memory_mb()}
+        return get_arrays(rt.model), metrics
+    result = train_round(rt.model, data.train, cfg.train, lr, rt.pad_id, seed, proximal_mu, on_step=step_log)
     metrics = {
         "train_loss": result.loss,
         "num-examples": len(data.train),

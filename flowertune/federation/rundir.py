@@ -220,6 +220,31 @@ def privacy_line(run: Path) -> str | None:
     """The run's privacy in one line: its differential-privacy guarantee and whether its updates were securely
     aggregated (None for a run with neither)."""
     config = read_config(run)
+    record = record_privacy(run, config)
+    client = client_privacy(run, config)
+    lines = [x for x in (client, record) if x]
+    return "; ".join(lines) if lines else None
+
+
+def record_privacy(run: Path, config: dict[str, Any]) -> str | None:
+    """The record-level (DP-SGD) guarantee of the run, or None without DP-SGD."""
+    if float(config.get("train.dp-sgd.noise-multiplier", 0.0) or 0.0) <= 0:
+        return None
+    rows = [r for r in read_metrics(run) if r.get("dp_record_epsilon") is not None]
+    head = (f"record-level DP (DP-SGD in each node: noise multiplier {config['train.dp-sgd.noise-multiplier']}, "
+            f"clipping norm {config['train.dp-sgd.clipping-norm']}, sample rate {config['train.dp-sgd.sample-rate']}, "
+            f"{config['train.training-arguments.max-steps']} steps a round)")
+    if not rows:
+        return f"{head}: no round trained yet"
+    last = rows[-1]
+    return (f"{head}: ε = {last['dp_record_epsilon']:.4g} at δ = {last['dp_record_delta']:g} for the node that "
+            f"trained most ({last['dp_record_local_rounds']} local rounds, round {last['round']}); RDP accounting, "
+            "neighbouring datasets differ by one training record (added or removed), Poisson sampling of records; "
+            "the held-out split's eval loss is outside it")
+
+
+def client_privacy(run: Path, config: dict[str, Any]) -> str | None:
+    """The client-level guarantee and secure aggregation of the run, or None with neither."""
     secure = config.get("strategy.secagg.mode", "off") != "off"
     sa = ("secure aggregation (SecAgg+, Flower's protocol): the server saw only the sum of each round's updates"
           if secure else "")

@@ -27,7 +27,7 @@ from flowertune.federation.sinks import Sinks
 from flowertune.federation.stack.base import aggregator, find_layer
 from flowertune.federation.stack.codec import WireCodec
 from flowertune.federation.stack.gate import error_line
-from flowertune.federation.stack.privacy import PrivacyBudgetReached, PrivacyLedger
+from flowertune.federation.stack.privacy import PrivacyBudgetReached, PrivacyLedger, RecordLedger
 from flowertune.federation.stack.sampling import NodeWaitTimeout
 from flowertune.federation.state import split_prefixed
 from flowertune.federation.strategies import describe, export_state, import_state, make_strategy
@@ -336,7 +336,8 @@ def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
 
 def build_stack(cfg: Config, directory: NodeDirectory) -> Any:
     """The strategy stack of the config, told the node order and the sampling deadline; logged."""
-    strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, **options_from(cfg.run.wire_codec, cfg.run))
+    strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, train=cfg.train,
+                             **options_from(cfg.run.wire_codec, cfg.run))
     strategy.ctx.order = directory.order
     strategy.ctx.partition_of = directory.partition.get
     strategy.ctx.rows_of = directory.rows.get
@@ -417,14 +418,17 @@ def one_round(strategy: Any, grid: Grid, r: int, progress: Progress, cfg: Config
 def metrics_row(out: RoundOutcome, strategy: Any, progress: Progress, directory: NodeDirectory) -> dict[str, Any]:
     """The round's row of ``metrics.jsonl`` (and of every metric sink)."""
     traffic, tm, msgs, replies = strategy.traffic, out.train_metrics, out.msgs, out.replies
+    dp_sgd = "dp_record_epsilon" in privacy_spent(strategy)
     return {
-        "round": out.r, "lr": out.lr, "train_loss": tm.get("train_loss"), "eval_loss": out.eval_loss,
+        "round": out.r, "lr": out.lr, "eval_loss": out.eval_loss,
+        # under DP-SGD the nodes keep their training loss and speed (the gate fills 0 for them)
+        "train_loss": None if dp_sgd else tm.get("train_loss"),
         "clients": len(msgs), "replies": len(replies), "rejected": traffic.rejected,
         "failures": sum(1 for m in replies if m.has_error()) + len(msgs) - len(replies),
         "errors": [*directory.take_errors(), *out.errors], "tries": strategy.ctx.attempt + 1,
         "bytes_down": traffic.down, "bytes_up": traffic.up, "bytes_round": traffic.down + traffic.up,
         "bytes_cumulative": progress.cumulative, "bytes_eval_down": traffic.eval_down,
-        "client_tokens_per_s": tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
+        "client_tokens_per_s": None if dp_sgd else tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
         **client_memory(traffic.client_metrics), "notes": traffic.notes, "dropped": traffic.dropped,
         "round_s": time.perf_counter() - out.t0, "wall_s": progress.wall_s, **privacy_spent(strategy),
     }
@@ -432,19 +436,24 @@ def metrics_row(out: RoundOutcome, strategy: Any, progress: Progress, directory:
 
 def check_privacy_budget(strategy: Any, r: int) -> None:
     """:class:`PrivacyBudgetReached` if round ``r`` would pass ``strategy.dp.target-epsilon`` (DP runs only)."""
-    try:
-        ledger = find_layer(strategy, PrivacyLedger)
-    except LookupError:
-        return
-    ledger.check_budget(r)
+    for kind in (PrivacyLedger, RecordLedger):
+        try:
+            ledger = find_layer(strategy, kind)
+        except LookupError:
+            continue
+        ledger.check_budget(r)
 
 
 def privacy_spent(strategy: Any) -> dict[str, Any]:
-    """``dp_epsilon`` (cumulative, at ``dp_delta``) and the round's release, for a DP run; else nothing."""
-    try:
-        return dict(find_layer(strategy, PrivacyLedger).last)
-    except LookupError:
-        return {}
+    """``dp_epsilon`` (cumulative, at ``dp_delta``) and the round's release, for a client-level DP run;
+    ``dp_record_epsilon`` (the most any node has reached) for a DP-SGD run; else nothing."""
+    out: dict[str, Any] = {}
+    for kind in (PrivacyLedger, RecordLedger):
+        try:
+            out.update(find_layer(strategy, kind).last)
+        except LookupError:
+            pass
+    return out
 
 
 def finish(progress: Progress, cfg: Config, run_dir: RunDir, n_params: int, t_start: float, strategy: Any,

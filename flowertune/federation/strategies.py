@@ -32,7 +32,7 @@ from flwr.serverapp.strategy import (
 )
 
 from flowertune.catalog import STRATEGIES
-from flowertune.config import StrategyConfig
+from flowertune.config import StrategyConfig, TrainConfig
 from flowertune.federation.stack.base import (
     Layer,
     StackContext,
@@ -42,7 +42,7 @@ from flowertune.federation.stack.base import (
 )
 from flowertune.federation.stack.codec import WireCodec
 from flowertune.federation.stack.direction import DirectionCheck
-from flowertune.federation.stack.gate import ReplyGate
+from flowertune.federation.stack.gate import REQUIRED, ReplyGate
 from flowertune.federation.stack.guard import GlobalGuard
 from flowertune.federation.stack.meter import Meter
 from flowertune.federation.stack.normbound import NormBound
@@ -108,9 +108,11 @@ def bulyan(c: StrategyConfig) -> Strategy:
 Wrap = Callable[[Strategy], Strategy]
 
 
-def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap] = (), **codec_options: Any) -> Meter:
+def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap] = (), train: TrainConfig | None = None,
+                  **codec_options: Any) -> Meter:
     """The configured stack, seeded, speaking wire codec ``codec``; ``slot``: wrappers (outermost first) put
-    between the gate and the sampling, where Flower's DP wrappers and robust layers go."""
+    between the gate and the sampling, where Flower's DP wrappers and robust layers go; ``train``: the nodes'
+    training config, for the record-level ledger of DP-SGD."""
     ctx = StackContext(seed=cfg.seed)
     inner: Strategy = SeededSampling(STRATEGIES.get(cfg.name)(cfg), ctx)
     for wrap in reversed(slot):
@@ -131,7 +133,14 @@ def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap]
                           median=median)
     if judge and cfg.min_cosine_to_median > -1:  # (data-dependent too: off under DP)
         inner = DirectionCheck(inner, ctx, cfg.min_cosine_to_median)
-    inner = ReplyGate(inner, ctx, cfg.max_examples_per_node)
+    dp_sgd = train is not None and train.dp_sgd_noise_multiplier > 0
+    if dp_sgd:  # the nodes run DP-SGD; this layer accounts it (stack/privacy.py)
+        from flowertune.federation.stack.privacy import RecordLedger
+
+        inner = RecordLedger(inner, ctx, train.dp_sgd_noise_multiplier, train.dp_sgd_sample_rate, train.max_steps,
+                             train.dp_sgd_delta, train.dp_sgd_target_epsilon)
+    inner = ReplyGate(inner, ctx, cfg.max_examples_per_node,
+                      required=tuple(k for k in REQUIRED if k != "train_loss") if dp_sgd else REQUIRED)
     inner = WireCodec(inner, ctx, get_codec(codec, **codec_options))
     # under DP the guard checks finiteness only: each update is clipped, and the noise (z*C/n per entry, by
     # design) can be many times the adapter's own norm, which a growth bound would take for an attack

@@ -40,7 +40,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 
 def round_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """(header, one list of cells per metrics row); a missing value is ``-``."""
-    columns = ROUND_COLUMNS + ((("ε (DP)", "dp_epsilon", "{:.3g}"),) if any("dp_epsilon" in r for r in rows) else ())
+    columns = ROUND_COLUMNS + ((("ε (DP)", "dp_epsilon", "{:.3g}"),) if any("dp_epsilon" in r for r in rows) else ()) \
+        + ((("ε (records)", "dp_record_epsilon", "{:.3g}"),) if any("dp_record_epsilon" in r for r in rows) else ())
     header = [t for t, _, _ in columns]
     body = [[cell(r.get(k), f, k) for _, k, f in columns] for r in rows]
     return header, body

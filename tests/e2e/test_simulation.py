@@ -26,10 +26,12 @@ def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_de
     client-level DP with client-side clipping (Flower's fixedclipping_mod in the real ClientApp; the server
     rejects an update over the norm, 1e-3 here, under what two Adam steps move this adapter: without the
     mod's clipping no round would have usable updates) and a target ε between what 1 and 2 rounds spend: it
-    stops before round 2 with the reason, ε in metrics.jsonl, the round-1 global as final adapter."""
+    stops before round 2 with the reason, ε in metrics.jsonl, the round-1 global as final adapter. The nodes
+    also train with DP-SGD (record-level): its ε is in the rows and the summary, and no training loss is."""
     from safetensors.numpy import load_file
 
     from flowertune.federation.stack.privacy import planned_epsilon
+    from flowertune.train.accounting import record_epsilon
     from tests.conftest import REPO
 
     z, delta = 2.0, 1e-5
@@ -38,7 +40,9 @@ def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_de
     env = {**isolated_env(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     user = [*tiny_overrides(tiny_model_dir, tiny_data_file, **{
                 "num-server-rounds": 2, "strategy.dp.mode": "client-fixed", "strategy.dp.noise-multiplier": z,
-                "strategy.dp.clipping-norm": 1e-3, "strategy.dp.delta": delta, "strategy.dp.target-epsilon": target}),
+                "strategy.dp.clipping-norm": 1e-3, "strategy.dp.delta": delta, "strategy.dp.target-epsilon": target,
+                "train.dp-sgd.noise-multiplier": 1.0, "train.dp-sgd.sample-rate": 0.5,
+                "train.dp-sgd.clipping-norm": 0.5}),
             "model.lora.peft-lora-r=8",
             "model.quantization=0", "model.dtype=\"float32\"", "model.gradient-checkpointing=false",
             "train.training-arguments.optim=\"adamw_torch\"", f"run.output-dir=\"{out}\"", "strategy.fraction-evaluate=1.0",
@@ -60,10 +64,14 @@ def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_de
     assert [r["round"] for r in rows] == [0, 1]
     assert rows[1]["dp_releases"] == 1 and rows[1]["rejected"] == []
     assert rows[1]["dp_epsilon"] == pytest.approx(planned_epsilon(z, 1, delta))
+    # record-level: each node ran one local round of 2 DP-SGD steps and kept its training loss
+    assert rows[1]["dp_record_local_rounds"] == 1 and rows[1]["train_loss"] is None
+    assert rows[1]["dp_record_epsilon"] == pytest.approx(record_epsilon(1.0, 0.5, 2, 1e-5))
     stopped = json.loads((out / "stopped.json").read_text())["reason"]
     assert "round 2 would take ε past strategy.dp.target-epsilon" in stopped, stopped
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 1 and summary["stopped"] == stopped and summary["dp_epsilon"] == rows[1]["dp_epsilon"]
+    assert summary["dp_record_epsilon"] == rows[1]["dp_record_epsilon"]
     final = load_file(str(out / "final_adapter" / "adapter_model.safetensors"))
     kept = load_file(str(out / "checkpoints" / "round-1" / "adapter_model.safetensors"))
     assert final.keys() == kept.keys() and all(np.array_equal(final[k], kept[k]) for k in final)

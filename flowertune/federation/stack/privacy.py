@@ -54,8 +54,9 @@ from flwr.supercore.privacy_accounting import (
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from flowertune.federation.records import from_array_record, nudge_if_unchanged
-from flowertune.federation.stack.base import StackContext, UpdateLayer
+from flowertune.federation.stack.base import Layer, StackContext, UpdateLayer
 from flowertune.federation.stack.normbound import update_norm
+from flowertune.train.accounting import record_epsilon
 
 log = logging.getLogger(__name__)
 
@@ -292,3 +293,66 @@ def dp_layers(inner: Any, ctx: StackContext, mode: str, noise_multiplier: float,
         dp = AdaptiveClipping(dp, ctx, noise_multiplier, quantile, clip_lr, count_noise,
                               client_side=mode.startswith("client-"))
     return PrivacyLedger(dp, ctx, mode, delta, target_epsilon)
+
+
+class RecordLedger(Layer):
+    """Record-level ε of the nodes' DP-SGD (``train.dp-sgd.*``, :mod:`flowertune.train.accounting`): counts the
+    local rounds each partition is asked to train (every instruction sent, a retried one too: the node may
+    have trained), reports the largest ε any node has reached, and stops the run before a round in which a
+    node could pass ``train.dp-sgd.target-epsilon``."""
+
+    name = "dp-sgd"
+    state_name = "dp-sgd-account"
+
+    def __init__(self, strategy: Any, ctx: StackContext, noise_multiplier: float, sample_rate: float,
+                 steps: int, delta: float, target_epsilon: float = 0.0) -> None:
+        super().__init__(strategy, ctx)
+        self.z, self.q, self.steps, self.delta, self.target = noise_multiplier, sample_rate, steps, delta, target_epsilon
+        self.rounds: dict[str, int] = {}  # partition (or node, if it has none) -> local rounds asked of it
+        self.last: dict[str, Any] = {}
+
+    def describe(self) -> str:
+        target = f", target ε {self.target:g}" if self.target > 0 else ""
+        return (f"dp-sgd(z={self.z:g}, q={self.q:g}, {self.steps} steps a round, δ={self.delta:g}{target}; "
+                "accounting only: the nodes clip and noise)")
+
+    def epsilon(self, local_rounds: int) -> float:
+        return record_epsilon(self.z, self.q, local_rounds * self.steps, self.delta)
+
+    def check_budget(self, server_round: int, keys: Iterable[str] | None = None) -> None:
+        """:class:`PrivacyBudgetReached` if one more local round of a node (of ``keys``; default: whichever
+        has trained most) would take its ε past the target."""
+        if self.target <= 0:
+            return
+        most = max((self.rounds.get(k, 0) for k in keys) if keys is not None else self.rounds.values(), default=0)
+        if self.epsilon(most + 1) > self.target:
+            raise PrivacyBudgetReached(
+                f"round {server_round} would take a node's record-level ε past train.dp-sgd.target-epsilon="
+                f"{self.target:g} (ε={self.epsilon(most):.4g} at δ={self.delta:g} after {most} local rounds of "
+                f"{self.steps} DP-SGD steps): the run ends with the global of round {server_round - 1}")
+
+    def key_of(self, node: int) -> str:
+        partition = self.ctx.partition_of(node)
+        return f"partition-{partition}" if partition is not None else f"node-{node}"
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        msgs = list(super().configure_train(server_round, arrays, config, grid))
+        keys = [self.key_of(m.metadata.dst_node_id) for m in msgs]
+        self.check_budget(server_round, keys)  # nothing sent yet
+        for k in keys:
+            self.rounds[k] = self.rounds.get(k, 0) + 1
+        self.record()
+        return msgs
+
+    def record(self) -> None:
+        most = max(self.rounds.values(), default=0)
+        self.last = {"dp_record_epsilon": self.epsilon(most), "dp_record_delta": self.delta,
+                     "dp_record_epsilon_round": self.epsilon(1), "dp_record_local_rounds": most}
+
+    def export_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"rounds": dict(self.rounds)}, {}
+
+    def import_state(self, meta: dict[str, Any], arrays: dict[str, Any]) -> None:
+        self.rounds = {str(k): int(v) for k, v in meta["rounds"].items()}
+        self.record()
