@@ -10,9 +10,11 @@ Variants:
   ``--clip``; the server adds Gaussian noise to the mean), the noise multiplier chosen so that the planned
   rounds spend exactly that ε at ``--delta`` (Flower's RDP accountant; no sampling amplification claimed);
 * ``secagg``: ``strategy.secagg.mode=secagg+`` (the server learns only the sum of each round's updates);
-* ``secagg-dp-eps8``: both (each node clips, the sum is masked, the server noises the unmasked mean).
-
-Record-level DP (DP-SGD inside each node) is not built yet, so it has no row.
+* ``secagg-dp-eps8``: both (each node clips, the sum is masked, the server noises the unmasked mean);
+* ``rec-eps8`` / ``rec-eps4`` / ``rec-eps1``: record-level DP (``train.dp-sgd.*``: DP-SGD inside each node,
+  Poisson sampling at rate ``--batch`` / (the node's training examples), per-example clipping to
+  ``--rec-clip``), the noise multiplier chosen so that a node trained in *every* round spends exactly that ε
+  at ``--delta`` (its worst case; the row shows the ε the most-sampled node actually reached).
 
     python benchmarks/privacy.py --out /abs/dir                      # all variants, full splits
     python benchmarks/privacy.py --variants none,secagg --rounds 5 --out /abs/dir
@@ -42,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-VARIANTS = ("none", "dp-eps8", "dp-eps4", "dp-eps1", "secagg", "secagg-dp-eps8")
+VARIANTS = ("none", "dp-eps8", "dp-eps4", "dp-eps1", "secagg", "secagg-dp-eps8", "rec-eps8", "rec-eps4", "rec-eps1")
 
 
 def noise_for(epsilon: float, rounds: int, delta: float) -> float:
@@ -56,8 +58,35 @@ def noise_for(epsilon: float, rounds: int, delta: float) -> float:
     return math.ceil(hi * 1000) / 1000
 
 
-def variant_overrides(name: str, args: argparse.Namespace) -> list[str]:
-    extra = {}
+def record_noise_for(epsilon: float, rate: float, steps: int, delta: float) -> float:
+    """The smallest DP-SGD noise multiplier (to 3 digits) whose ``steps`` steps at ``rate`` spend at most
+    ``epsilon``."""
+    from flowertune.train.accounting import record_epsilon
+
+    lo, hi = 0.05, 200.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if record_epsilon(mid, rate, steps, delta) > epsilon else (lo, mid)
+    return math.ceil(hi * 1000) / 1000
+
+
+def record_sample_rate(args: argparse.Namespace, data: Path) -> float:
+    """``--batch`` over the training examples of one node (IID share, less the held-out fraction)."""
+    from flowertune.config import DataConfig
+
+    rows = sum(1 for line in data.read_text().splitlines() if line.strip())
+    per_node = rows / args.nodes * (1 - DataConfig().validation_fraction)
+    return round(min(1.0, args.batch / per_node), 4)
+
+
+def variant_overrides(name: str, args: argparse.Namespace, data: Path | None = None) -> list[str]:
+    extra: dict[str, Any] = {}
+    if name.startswith("rec-eps"):
+        eps, rate = float(name.split("rec-eps")[1]), record_sample_rate(args, data)
+        extra.update({"train.dp-sgd.noise-multiplier": record_noise_for(eps, rate, args.rounds * args.steps,
+                                                                        args.delta),
+                      "train.dp-sgd.sample-rate": rate, "train.dp-sgd.clipping-norm": args.rec_clip,
+                      "train.dp-sgd.delta": args.delta, "train.dp-sgd.target-epsilon": eps})
     if name.startswith("secagg"):
         extra.update({"strategy.secagg.mode": "secagg+", "wire.codec": "fp32"})
     if "dp-eps" in name:
@@ -85,7 +114,7 @@ def run_variant(name: str, args: argparse.Namespace, data: Path, out: Path) -> d
             fed, nodes = quality.variant_overrides("fed-iid", args, data, data)
             cmd = quality.flowertune("run", "--preset", "finance", "--num-supernodes", str(nodes), "--out",
                                      str(run_dir), *quality.common_overrides(args, ch, data), *fed,
-                                     *variant_overrides(name, args))
+                                     *variant_overrides(name, args, data))
             t0 = time.perf_counter()
             with (out / f"{name}.log").open("w") as log:
                 if subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT) != 0:
@@ -101,9 +130,17 @@ def run_variant(name: str, args: argparse.Namespace, data: Path, out: Path) -> d
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"results": json.loads(results.read_text()), "rounds": summary["rounds"], "mb": summary["comm_cost_mb"],
-            "epsilon": rows[-1].get("dp_epsilon"), "z": rows[-1].get("dp_noise_multiplier"),
+            "epsilon": rows[-1].get("dp_epsilon", rows[-1].get("dp_record_epsilon")),
+            "z": rows[-1].get("dp_noise_multiplier", read_config_value(run_dir, "train.dp-sgd.noise-multiplier")),
             "train_s": float((run_dir / "benchmark-train-s.txt").read_text()),
             "round_s": sum(r["round_s"] for r in rows[1:]) / max(1, len(rows) - 1)}
+
+
+def read_config_value(run_dir: Path, key: str) -> Any:
+    from flowertune.federation.rundir import read_config
+
+    value = read_config(run_dir).get(key)
+    return value or None
 
 
 # -- --quick: one SecAgg+ round through Flower's simulation, checked against plain FedAvg ---------------------
@@ -190,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame", default=None)
     ap.add_argument("--clip", type=float, default=1.0, help="strategy.dp.clipping-norm of the DP variants")
     ap.add_argument("--delta", type=float, default=1e-5, help="strategy.dp.delta (below 1 / nodes)")
+    ap.add_argument("--rec-clip", type=float, default=1.0, help="train.dp-sgd.clipping-norm of the rec-eps variants")
     ap.add_argument("--limit", type=int, default=None, help="first N items of each benchmark (labelled)")
     ap.add_argument("--quick", action="store_true", help="tiny model: one SecAgg+ round with a dropout, checked")
     args = ap.parse_args(argv)
@@ -216,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     names = list(SUITES["finance"])
     label = f"first {args.limit} items of each split" if args.limit else "full evaluation splits"
     print(f"# privacy: finance, embedded model, {label}; {args.nodes} SuperNodes, {args.per_round} a round, "
-          f"{args.rounds} rounds x {args.steps} steps x batch {args.batch}; DP: client-fixed, C={args.clip}, "
-          f"δ={args.delta}, no sampling amplification")
+          f"{args.rounds} rounds x {args.steps} steps x batch {args.batch}; dp-eps*: client-level, client-fixed, "
+          f"C={args.clip}, δ={args.delta}, no sampling amplification; rec-eps*: record-level DP-SGD, C={args.rec_clip}, "
+          f"q={record_sample_rate(args, data)}, δ={args.delta}, Poisson sampling of records (ε: the most-sampled node)")
     base = average(rows["none"]["results"], names) if "none" in rows else None
     base_s = rows["none"]["round_s"] if "none" in rows else None
     base_mb = rows["none"]["mb"] if "none" in rows else None

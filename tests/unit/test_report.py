@@ -238,3 +238,30 @@ def test_a_dp_run_states_its_epsilon_in_the_report_and_the_submission(tmp_path: 
         secure.log(row)
     assert ("**Privacy**: secure aggregation (SecAgg+, Flower's protocol): the server saw only the sum of each "
             "round's updates (no differential privacy: no ε)") in write_report(secure.path).read_text()
+
+
+def test_a_dp_sgd_run_states_its_record_level_epsilon_in_the_report_and_the_submission(tmp_path: Path) -> None:
+    flat, _ = layer("finance", {"num-server-rounds": 3, "run.output-dir": str(tmp_path / "run"),
+                                "train.dp-sgd.noise-multiplier": 0.9, "train.dp-sgd.sample-rate": 0.04,
+                                "train.dp-sgd.clipping-norm": 0.5})
+    run = RunDir.create(from_flat(flat))
+    for row in fake_rows(3):
+        if row["round"]:
+            row.update({"dp_record_epsilon": 1.5 * row["round"], "dp_record_delta": 1e-5, "train_loss": None,
+                        "dp_record_local_rounds": row["round"], "dp_record_epsilon_round": 1.5})
+        run.log(row)
+    run.finish({"base_model.model.layers.0.q_proj.lora_A.weight": np.ones((2, 4), np.float32)},
+               {"peft_type": "LORA", "r": 2}, {"rounds": 3, "wall_s": 42.0, "eval_loss_first": 3.5,
+                                                "eval_loss_last": 1.0, "dp_record_epsilon": 4.5})
+    md = write_report(run.path).read_text()
+    assert ("**Privacy**: record-level DP (DP-SGD in each node: noise multiplier 0.9, clipping norm 0.5, sample rate "
+            "0.04, ") in md and "ε = 4.5 at δ = 1e-05 for the node that trained most (3 local rounds, round 3)" in md
+    rounds = table_after(md, "ε (records)")
+    assert [r[-1] for r in rounds[1:]] == ["1.5", "3", "4.5"] and "ε (DP)" not in md
+    assert all(r[2] == "-" for r in rounds[1:])  # no train loss under DP-SGD
+    (run.path / "eval").mkdir()
+    (run.path / "eval" / "results.json").write_text(json.dumps(FINANCE))
+    for name in FINANCE:
+        (run.path / "eval" / f"items-{name}.jsonl").write_text('{"id": 0}\n')
+    readme = (build_submission(run.path, tmp_path / "sub") / "README.md").read_text()
+    assert "### Privacy" in readme and "record-level DP" in readme and "ε = 4.5 at δ = 1e-05" in readme
