@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -42,7 +43,8 @@ def train(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays, l
 
         dp_sgd_round(rt.model, data.train, cfg.train, lr, rt.pad_id, seed, proximal_mu, on_step=step_log)
         metrics: dict[str, Any] = {"num-examples": len(data.train), "model_loads": rt_mod.MODEL_LOADS,
-                                   "partition-id": partition_id, **process_memory_mb()}
+                                   "partition-id": partition_id}  # not the loss, speed or memory: they depend on
+        # the records drawn (DP_SGD_METRICS, the gate's schema under DP-SGD)
         return get_arrays(rt.model), metrics
     result = train_round(rt.model, data.train, cfg.train, lr, rt.pad_id, seed, proximal_mu, on_step=step_log)
     metrics = {
@@ -70,6 +72,10 @@ class StepLog:
         if self.every_s <= 0 or (now - self.last < self.every_s and step < steps):
             return
         self.last = now
+        if math.isnan(loss):  # DP-SGD: statistics of the node's records stay out of every log
+            log.info("partition %d, round %d: step %d/%d (DP-SGD), %.0f s", self.partition_id, self.server_round, step,
+                     steps, seconds)
+            return
         log.info("partition %d, round %d: step %d/%d, step loss %.4f, %.0f tokens/s, %.0f s", self.partition_id,
                  self.server_round, step, steps, loss, real_tokens / max(seconds, 1e-9), seconds)
 

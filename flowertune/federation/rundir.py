@@ -42,6 +42,7 @@ SUMMARY = "summary.json"
 FINAL = "final_adapter"
 STATE = "state"
 STOPPED = "stopped.json"
+SPENT = "privacy-spent.json"  # record-level DP: local rounds asked of each partition, written before they go out
 EVAL = "eval"
 LOG = "run.log"
 KEEP_STATES = 2
@@ -129,6 +130,15 @@ class RunDir:
     def stopped(self, reason: str) -> None:
         """Record why the run stopped early (``flowertune run`` prints it)."""
         _write_json(self.path / STOPPED, {"reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    def save_spent(self, spent: Mapping[str, Any]) -> None:
+        """What the nodes' records have spent so far (``RecordLedger``), durably, before its tasks go out: a round
+        that never completes (a crash, a stop) has still sent them, and a resume must not forget it."""
+        _write_json(self.path / SPENT, dict(spent))
+
+    def read_spent(self) -> dict[str, Any]:
+        p = self.path / SPENT
+        return json.loads(p.read_text()) if p.is_file() else {}
 
     def log(self, row: Mapping[str, Any]) -> None:
         """Append one metrics line (flushed to disk so a crash keeps every finished round)."""
@@ -231,6 +241,9 @@ def record_privacy(run: Path, config: dict[str, Any]) -> str | None:
     if float(config.get("train.dp-sgd.noise-multiplier", 0.0) or 0.0) <= 0:
         return None
     rows = [r for r in read_metrics(run) if r.get("dp_record_epsilon") is not None]
+    summary = read_summary(run) or {}  # a run stopped at its budget during a retry spent more than its last row
+    if rows and "dp_record_epsilon" in summary:
+        rows[-1] = {**rows[-1], **{k: v for k, v in summary.items() if k.startswith("dp_record_")}}
     head = (f"record-level DP (DP-SGD in each node: noise multiplier {config['train.dp-sgd.noise-multiplier']}, "
             f"clipping norm {config['train.dp-sgd.clipping-norm']}, sample rate {config['train.dp-sgd.sample-rate']}, "
             f"{config['train.training-arguments.max-steps']} steps a round)")
@@ -249,7 +262,11 @@ def client_privacy(run: Path, config: dict[str, Any]) -> str | None:
     sa = ("secure aggregation (SecAgg+, Flower's protocol): the server saw only the sum of each round's updates"
           if secure else "")
     if config.get("strategy.dp.mode", "off") == "off":
-        return f"{sa} (no differential privacy: no ε)" if secure else None
+        if not secure:
+            return None
+        no_dp = "no client-level DP" if float(config.get("train.dp-sgd.noise-multiplier", 0.0) or 0.0) > 0 else \
+            "no differential privacy: no ε"
+        return f"{sa} ({no_dp})"
     rows = [r for r in read_metrics(run) if r.get("dp_epsilon") is not None]
     if not rows:
         return f"client-level DP ({config['strategy.dp.mode']}): no private round released yet" + (

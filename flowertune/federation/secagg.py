@@ -50,7 +50,7 @@ from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 from flowertune.config import StrategyConfig
 from flowertune.federation.progress import send_and_receive
 from flowertune.federation.records import from_array_record, to_array_record
-from flowertune.federation.stack.gate import REQUIRED, TRAIN_METRICS, clean_metrics, error_line
+from flowertune.federation.stack.gate import DP_SGD_METRICS, REQUIRED, TRAIN_METRICS, clean_metrics, error_line
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _listing(cfg: Any, key: str, kind: type) -> list:
     return value
 
 
-def check_reply(stage: str, msg: Message, sent: Message, shapes: list[tuple[int, ...]]) -> None:
+def check_reply(stage: str, msg: Message, sent: Message, shapes: list[tuple[int, ...]], dp_sgd: bool = False) -> None:
     """Raise ``ValueError`` naming what is wrong with a node's (non-error) reply ``msg`` to ``sent`` at ``stage``:
     everything Flower's workflow and the other nodes' ``secaggplus_mod`` will read without checking."""
     content = msg.content
@@ -166,7 +166,8 @@ def check_reply(stage: str, msg: Message, sent: Message, shapes: list[tuple[int,
         compat.recorddict_to_fitres(content, keep_input=True)  # what the workflow reads next
         if sorted(content.metric_records.keys()) != ["fitres.num_examples", "metrics"]:
             raise ValueError(f"metric records {list(content.metric_records.keys())[:4]}")
-        clean_metrics(RecordDict({"metrics": content.metric_records["metrics"]}), TRAIN_METRICS, REQUIRED, None)
+        schema, required = (DP_SGD_METRICS, ("num-examples",)) if dp_sgd else (TRAIN_METRICS, REQUIRED)
+        clean_metrics(RecordDict({"metrics": content.metric_records["metrics"]}), schema, required, None)
     elif stage == Stage.UNMASK:
         nids, shares = _listing(cfg, Key.NODE_ID_LIST, int), _listing(cfg, Key.SHARE_LIST, bytes)
         wanted = [*asked.get(Key.ACTIVE_NODE_ID_LIST, []), *asked.get(Key.DEAD_NODE_ID_LIST, [])]
@@ -190,8 +191,9 @@ class _CheckedGrid:
     :data:`KEY_STAGE_TIMEOUT_S` for the others, and keeps the nodes' replies of the masked-vector stage (the
     messages the stack gets back)."""
 
-    def __init__(self, grid: Grid, out: SecureRound, shapes: list[tuple[int, ...]], timeout: float) -> None:
-        self.grid, self.out, self.shapes, self.timeout = grid, out, shapes, timeout
+    def __init__(self, grid: Grid, out: SecureRound, shapes: list[tuple[int, ...]], timeout: float,
+                 dp_sgd: bool = False) -> None:
+        self.grid, self.out, self.shapes, self.timeout, self.dp_sgd = grid, out, shapes, timeout, dp_sgd
         self.collected: dict[int, Message] = {}
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
@@ -211,7 +213,7 @@ class _CheckedGrid:
                 self.out.errors.append(f"node {node}: {error_line(m)} (SecAgg+ {stage})")
                 continue
             try:
-                check_reply(stage, m, sent[m.metadata.reply_to_message_id], self.shapes)
+                check_reply(stage, m, sent[m.metadata.reply_to_message_id], self.shapes, self.dp_sgd)
             except Exception as exc:  # noqa: BLE001  (a hostile reply counts as a dropout)
                 reason = str(exc)[:200] if isinstance(exc, ValueError) else type(exc).__name__
                 self.out.errors.append(f"node {node}: malformed SecAgg+ {stage} reply, left out ({reason})")
@@ -275,8 +277,10 @@ def _weights_seen(box: list[int]) -> Iterator[None]:
         _workflow_module.factor_extract = original
 
 
-def secure_round(grid: Grid, msgs: list[Message], server_round: int, c: StrategyConfig, timeout: float) -> SecureRound:
-    """Run Flower's SecAgg+ stages for the stack's train messages ``msgs`` (each carrying the fp32 global)."""
+def secure_round(grid: Grid, msgs: list[Message], server_round: int, c: StrategyConfig, timeout: float,
+                 dp_sgd: bool = False) -> SecureRound:
+    """Run Flower's SecAgg+ stages for the stack's train messages ``msgs`` (each carrying the fp32 global);
+    ``dp_sgd``: the nodes run DP-SGD and send the gate's smaller metric schema."""
     out = SecureRound()
     if not msgs:
         out.halted = "no node sampled"
@@ -292,7 +296,7 @@ def secure_round(grid: Grid, msgs: list[Message], server_round: int, c: Strategy
     shapes = [tuple(glob[k].shape) for k in keys]
     workflow, state, total = workflow_for(c, timeout), WorkflowState(), _Sum(nodes)
     context = _Context(server_round, total)
-    checked = _CheckedGrid(grid, out, shapes, timeout)
+    checked = _CheckedGrid(grid, out, shapes, timeout, dp_sgd)
     weights: list[int] = []
     try:
         with _weights_seen(weights):

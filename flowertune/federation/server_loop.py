@@ -280,7 +280,8 @@ def train_round(strategy: Any, grid: Grid, r: int, progress: Progress, lr: float
             lost = len(msgs) - len(replies)
             extra = [f"{lost} sampled node(s) sent no reply within strategy.round-timeout"] * (lost > 0)
         else:  # SecAgg+ (federation/secagg.py): the replies carry the unmasked average, not single updates
-            secure = secure_round(grid, msgs, r, cfg.strategy, cfg.strategy.round_timeout)
+            secure = secure_round(grid, msgs, r, cfg.strategy, cfg.strategy.round_timeout,
+                                  dp_sgd=cfg.train.dp_sgd_noise_multiplier > 0)
             replies = secure.replies
             new_arrays, metrics = strategy.aggregate_train(r, replies) if replies else (None, None)
             strategy.traffic.down, strategy.traffic.up = secure.down, secure.up  # all four stages, both ways
@@ -375,6 +376,10 @@ def resume(cfg: Config, run_dir: RunDir, strategy: Any) -> Progress | None:
     if saved is None:
         return None
     progress = Progress.from_state(*saved, strategy, run_dir.run_key())
+    try:  # record-level DP: what the tasks of a round that never completed spent counts too
+        find_layer(strategy, RecordLedger).merge(run_dir.read_spent())
+    except LookupError:
+        pass
     run_dir.truncate_metrics(progress.round)
     log.info("resuming %s after round %d of %d", run_dir.path, progress.round, cfg.run.num_server_rounds)
     return progress
@@ -418,17 +423,14 @@ def one_round(strategy: Any, grid: Grid, r: int, progress: Progress, cfg: Config
 def metrics_row(out: RoundOutcome, strategy: Any, progress: Progress, directory: NodeDirectory) -> dict[str, Any]:
     """The round's row of ``metrics.jsonl`` (and of every metric sink)."""
     traffic, tm, msgs, replies = strategy.traffic, out.train_metrics, out.msgs, out.replies
-    dp_sgd = "dp_record_epsilon" in privacy_spent(strategy)
     return {
-        "round": out.r, "lr": out.lr, "eval_loss": out.eval_loss,
-        # under DP-SGD the nodes keep their training loss and speed (the gate fills 0 for them)
-        "train_loss": None if dp_sgd else tm.get("train_loss"),
+        "round": out.r, "lr": out.lr, "train_loss": tm.get("train_loss"), "eval_loss": out.eval_loss,
         "clients": len(msgs), "replies": len(replies), "rejected": traffic.rejected,
         "failures": sum(1 for m in replies if m.has_error()) + len(msgs) - len(replies),
         "errors": [*directory.take_errors(), *out.errors], "tries": strategy.ctx.attempt + 1,
         "bytes_down": traffic.down, "bytes_up": traffic.up, "bytes_round": traffic.down + traffic.up,
         "bytes_cumulative": progress.cumulative, "bytes_eval_down": traffic.eval_down,
-        "client_tokens_per_s": None if dp_sgd else tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
+        "client_tokens_per_s": tm.get("tokens_per_s"), "client_model_loads": tm.get("model_loads"),
         **client_memory(traffic.client_metrics), "notes": traffic.notes, "dropped": traffic.dropped,
         "round_s": time.perf_counter() - out.t0, "wall_s": progress.wall_s, **privacy_spent(strategy),
     }
@@ -477,6 +479,7 @@ def _rounds(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks) -> dict[str,
     t_start = time.perf_counter()
     directory = NodeDirectory(timeout=cfg.strategy.round_timeout)
     strategy = build_stack(cfg, directory)
+    strategy.ctx.save_spent = run_dir.save_spent
     progress = resume(cfg, run_dir, strategy)
     if progress is not None:
         t_start -= progress.wall_s  # the wall clock goes on from the saved run's

@@ -42,7 +42,7 @@ from flowertune.federation.stack.base import (
 )
 from flowertune.federation.stack.codec import WireCodec
 from flowertune.federation.stack.direction import DirectionCheck
-from flowertune.federation.stack.gate import REQUIRED, ReplyGate
+from flowertune.federation.stack.gate import ReplyGate
 from flowertune.federation.stack.guard import GlobalGuard
 from flowertune.federation.stack.meter import Meter
 from flowertune.federation.stack.normbound import NormBound
@@ -139,8 +139,7 @@ def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap]
 
         inner = RecordLedger(inner, ctx, train.dp_sgd_noise_multiplier, train.dp_sgd_sample_rate, train.max_steps,
                              train.dp_sgd_delta, train.dp_sgd_target_epsilon)
-    inner = ReplyGate(inner, ctx, cfg.max_examples_per_node,
-                      required=tuple(k for k in REQUIRED if k != "train_loss") if dp_sgd else REQUIRED)
+    inner = ReplyGate(inner, ctx, cfg.max_examples_per_node, dp_sgd=dp_sgd)
     inner = WireCodec(inner, ctx, get_codec(codec, **codec_options))
     # under DP the guard checks finiteness only: each update is clipped, and the noise (z*C/n per entry, by
     # design) can be many times the adapter's own norm, which a growth bound would take for an attack

@@ -57,8 +57,11 @@ def clipped_gradient_sum(model: Any, examples: Sequence[Example], chosen: Sequen
                          params: Sequence[torch.nn.Parameter], clip: float, pad_id: int,
                          ) -> tuple[list[torch.Tensor], float, int, int]:
     """``sum_i clip_C(grad mean-token-loss(example_i))`` over ``chosen`` (fp32, on the parameters' devices); and
-    the summed mean losses, the examples clipped and the real tokens processed (for the node's own log)."""
-    device = params[0].device if params else torch.device("cpu")
+    the summed mean losses, the examples clipped and the real tokens processed (for the node's own log).
+
+    An example whose gradient is not finite contributes nothing (a NaN would otherwise spoil the whole update,
+    and the server's rejection of it would tell whether that record was drawn)."""
+    device = next(model.parameters()).device
     total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     losses, clipped, tokens = 0.0, 0, 0
     for i in chosen:
@@ -69,11 +72,16 @@ def clipped_gradient_sum(model: Any, examples: Sequence[Example], chosen: Sequen
         loss_sum, n = causal_lm_loss(model, batch)
         (loss_sum / max(n, 1)).backward()
         grads = [p.grad.float() if p.grad is not None else torch.zeros_like(t) for p, t in zip(params, total)]
-        norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
-        factor = min(1.0, clip / norm) if norm > 0 else 1.0
+        norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+        if not math.isfinite(norm):
+            log.debug("DP-SGD: an example's gradient is not finite; it contributes nothing")
+            factor = 0.0
+        else:
+            factor = min(1.0, clip / norm) if norm > 0 else 1.0
         clipped += factor < 1.0
-        for t, g in zip(total, grads):
-            t.add_(g, alpha=factor)
+        if factor > 0:
+            for t, g in zip(total, grads):
+                t.add_(g, alpha=factor)
         losses += float(loss_sum.detach()) / max(n, 1)
         tokens += count_real_tokens(batch)
     for p in params:
@@ -118,10 +126,10 @@ def dp_sgd_round(model: Any, examples: Sequence[Example], cfg: TrainConfig, lr: 
         optimizer.zero_grad(set_to_none=True)
         losses, drawn, clipped, tokens = losses + step_losses, drawn + len(chosen), clipped + step_clipped, \
             tokens + step_tokens
-        if on_step is not None:  # the node's own log (never sent): the mean loss of the step's examples
-            on_step(step + 1, steps, step_losses / max(len(chosen), 1), tokens, time.perf_counter() - t0)
+        if on_step is not None:  # progress only: no loss, no token count (in simulation it reaches the server's log)
+            on_step(step + 1, steps, math.nan, 0, time.perf_counter() - t0)
     model.eval()
-    log.info("DP-SGD round: %d steps, %d examples drawn (expected %.1f a step), %d clipped to %g, noise %g x %g",
+    log.debug("DP-SGD round: %d steps, %d examples drawn (expected %.1f a step), %d clipped to %g, noise %g x %g",
              steps, drawn, expected, clipped, clip, sigma, clip)
     return RoundResult(loss=losses / max(drawn, 1), steps=steps, examples=drawn, real_tokens=tokens,
                        seconds=time.perf_counter() - t0)

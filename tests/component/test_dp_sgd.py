@@ -107,3 +107,28 @@ def test_the_draws_do_not_come_from_the_runs_seeds(tiny_llama, examples):
     assert any(not np.array_equal(a[k], b[k]) for k in a)
     c, d = once(torch.Generator().manual_seed(5)), once(torch.Generator().manual_seed(5))
     assert all(np.array_equal(c[k], d[k]) for k in c)
+
+
+def test_an_example_whose_gradient_is_not_finite_contributes_nothing(tiny_llama, examples, monkeypatch):
+    """A record that makes the loss NaN (here: the example of length 40) must not spoil the step: the sum is
+    that of the other examples, finite (else the server would reject the update, telling it the record was
+    drawn)."""
+    import flowertune.train.dpsgd as dpsgd
+
+    real = dpsgd.causal_lm_loss
+
+    def poisoned(model, batch, **kw):
+        loss, n = real(model, batch, **kw)
+        return (loss * float("nan"), n) if batch["input_ids"].shape[1] == 40 else (loss, n)
+
+    params = trainable(tiny_llama)
+    tiny_llama.train()
+    bad = [i for i, e in enumerate(examples) if len(e.input_ids) == 40]
+    assert len(bad) == 1
+    clean, *_ = clipped_gradient_sum(tiny_llama, examples, [i for i in range(len(examples)) if i not in bad], params,
+                                     0.05, 0)
+    monkeypatch.setattr(dpsgd, "causal_lm_loss", poisoned)
+    got, *_ = clipped_gradient_sum(tiny_llama, examples, range(len(examples)), params, 0.05, 0)
+    for g, c in zip(got, clean):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, c)

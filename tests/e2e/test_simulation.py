@@ -66,6 +66,7 @@ def test_plain_flwr_run_with_a_layered_preset_keeps_a_user_value_equal_to_the_de
     assert rows[1]["dp_epsilon"] == pytest.approx(planned_epsilon(z, 1, delta))
     # record-level: each node ran one local round of 2 DP-SGD steps and kept its training loss
     assert rows[1]["dp_record_local_rounds"] == 1 and rows[1]["train_loss"] is None
+    assert rows[1]["client_tokens_per_s"] is None and rows[1]["notes"] == []  # the nodes did not send them
     assert rows[1]["dp_record_epsilon"] == pytest.approx(record_epsilon(1.0, 0.5, 2, 1e-5))
     stopped = json.loads((out / "stopped.json").read_text())["reason"]
     assert "round 2 would take ε past strategy.dp.target-epsilon" in stopped, stopped

@@ -80,6 +80,8 @@ def configure(s, rnd, nodes=NODES):
 
 def test_the_ledger_counts_the_local_rounds_of_each_partition_and_reports_the_most():
     s = ledger_stack()
+    saved = []
+    s.ctx.save_spent = lambda spent: saved.append(spent)
     ledger = find_layer(s, RecordLedger)
     assert "dp-sgd(z=1, q=0.1, 10 steps a round" in describe(s)
     counts: dict[int, int] = {}
@@ -87,22 +89,29 @@ def test_the_ledger_counts_the_local_rounds_of_each_partition_and_reports_the_mo
         msgs = configure(s, r)
         for m in msgs:
             counts[m.metadata.dst_node_id % 100] = counts.get(m.metadata.dst_node_id % 100, 0) + 1
+        assert saved[-1] == {"dp-sgd-rounds": {f"partition-{p}": n for p, n in counts.items()}}  # before they go out
         s.aggregate_train(r, [reply(m, metrics={"num-examples": 10}) for m in msgs])  # no train_loss: accepted
-        assert s.traffic.rejected == [] and s.traffic.accepted == len(msgs)
+        assert s.traffic.rejected == [] and s.traffic.accepted == len(msgs) and s.traffic.notes == []
         most = max(counts.values())
         assert ledger.last["dp_record_local_rounds"] == most
         assert ledger.last["dp_record_epsilon"] == pytest.approx(sampled_gaussian_epsilon(1.0, 0.1, most * 10, 1e-5),
                                                                  rel=0.07)
-    # a retried try asks the same partitions again: counted again
-    before = dict(ledger.rounds)
-    msgs = configure(s, 5)
-    assert sum(ledger.rounds.values()) == sum(before.values()) + len(msgs)
-    # resume: the counts come back
+    # a node that sends its loss anyway: accepted, the loss dropped with a note
+    msgs = configure(s, 6)
+    s.aggregate_train(6, [reply(m, metrics={"num-examples": 10, "train_loss": 0.5}) for m in msgs])
+    assert s.traffic.accepted == len(msgs) and "dropped unknown metrics ['train_loss']" in s.traffic.notes[0]
+    # resume: the counts of the last completed round come back from the state file ...
     meta, arrs = export_state(s)
     fresh = ledger_stack()
     import_state(fresh, meta, arrs)
     assert find_layer(fresh, RecordLedger).rounds == ledger.rounds
     assert find_layer(fresh, RecordLedger).last == ledger.last
+    # ... and a try of a round that never completed (saved before its tasks went out) counts too
+    msgs = configure(s, 7)
+    resumed = find_layer(fresh, RecordLedger)
+    assert sum(resumed.rounds.values()) == sum(ledger.rounds.values()) - len(msgs)  # the state file lacks round 7
+    resumed.merge(saved[-1])
+    assert resumed.rounds == ledger.rounds and resumed.last == ledger.last
 
 
 def test_without_dp_sgd_a_reply_without_train_loss_is_still_rejected():
@@ -170,3 +179,17 @@ def test_dry_run_prints_the_record_level_epsilon_and_where_the_target_stops_a_no
     eps, k = record_epsilon(1.0, 0.05, 200, 1e-5), rounds_within(1.0, 0.05, 10, 1e-5, 4.0, 20)
     assert 0 < k < 20 and f"ε = {eps:.4g} at δ = 1e-05 for a node that trains all 20 rounds" in out
     assert f"a node can train {k} of the 20 rounds" in out
+
+
+def test_the_progress_line_of_a_dp_sgd_step_has_no_statistic_of_the_records(caplog):
+    import logging
+
+    from flowertune.federation.client_tasks import StepLog
+
+    log = StepLog(3, 2, every_s=1e-9)
+    with caplog.at_level(logging.INFO, logger="flowertune.federation.client_tasks"):
+        log(4, 10, math.nan, 0, 12.0)
+        log(5, 10, 1.2345, 678, 12.0)
+    private, plain = [r.getMessage() for r in caplog.records]
+    assert private == "partition 3, round 2: step 4/10 (DP-SGD), 12 s"
+    assert "1.2345" in plain and "tokens/s" in plain

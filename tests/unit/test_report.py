@@ -265,3 +265,9 @@ def test_a_dp_sgd_run_states_its_record_level_epsilon_in_the_report_and_the_subm
         (run.path / "eval" / f"items-{name}.jsonl").write_text('{"id": 0}\n')
     readme = (build_submission(run.path, tmp_path / "sub") / "README.md").read_text()
     assert "### Privacy" in readme and "record-level DP" in readme and "ε = 4.5 at δ = 1e-05" in readme
+    flat, _ = layer("finance", {"num-server-rounds": 2, "run.output-dir": str(tmp_path / "secure"),
+                                "strategy.secagg.mode": "secagg+", "train.dp-sgd.noise-multiplier": 0.9})
+    secure = RunDir.create(from_flat(flat))
+    secure.log(fake_rows(1)[0])
+    line = [ln for ln in write_report(secure.path).read_text().splitlines() if ln.startswith("**Privacy**")][0]
+    assert "(no client-level DP); record-level DP" in line and "no ε" not in line

@@ -55,6 +55,7 @@ class StackContext:
     node_wait_s: float = float("inf")  # how long Flower's sampling may wait for nodes
     attempt: int = 0  # > 0 when a round is resampled after too few usable updates
     traffic: RoundTraffic = field(default_factory=RoundTraffic)
+    save_spent: Callable[[dict[str, Any]], None] = lambda spent: None  # durable, before a round's tasks go out
 
 
 class Layer(Strategy):

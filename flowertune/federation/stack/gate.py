@@ -3,7 +3,8 @@
 It never raises. A reply is aggregated when it carries exactly one ``arrays`` record with the global adapter's
 keys and shapes and finite values (not empty), and exactly one ``metrics`` record whose values are finite
 numbers: ``num-examples`` (> 0, capped at the rows the node declared at check-in and at
-``strategy.max-examples-per-node``) and ``train_loss`` are required (not under DP-SGD, whose nodes keep it); the optional keys of :data:`TRAIN_METRICS`
+``strategy.max-examples-per-node``) and ``train_loss`` are required (under DP-SGD the schema is
+:data:`DP_SGD_METRICS`: the nodes keep their loss, speed and memory); the optional keys of :data:`TRAIN_METRICS`
 that a node does not send are filled with 0 and unknown keys are dropped (noted), so Flower's aggregation
 always sees the same schema. Anything else — an error reply, a list or a string where a number belongs,
 NaN/inf, a second record — is left out with a one-line reason in the round's ledger (``errors`` /
@@ -32,6 +33,8 @@ REQUIRED = ("num-examples", "train_loss")
 # what flowertune clients send after training (client_tasks.train); optional keys default to 0
 TRAIN_METRICS = (*REQUIRED, "tokens_per_s", "train_s", "model_loads", "partition-id", "rss_mb", "peak_rss_mb",
                  "peak_cuda_mb")
+# what a node running DP-SGD sends (client_tasks.train): the rest are statistics of the records it drew
+DP_SGD_METRICS = ("num-examples", "model_loads", "partition-id")
 EVAL_METRICS = ("num-examples", "eval_loss")
 
 
@@ -95,11 +98,11 @@ class ReplyGate(Layer):
 
     name = "gate"
 
-    def __init__(self, strategy: Any, ctx: StackContext, max_examples: int = 0,
-                 required: tuple[str, ...] = REQUIRED) -> None:
+    def __init__(self, strategy: Any, ctx: StackContext, max_examples: int = 0, dp_sgd: bool = False) -> None:
         super().__init__(strategy, ctx)
         self.max_examples = max_examples  # 0: no cap beyond the rows a node declared at check-in
-        self.required = required
+        # under DP-SGD the schema leaves out what the nodes keep (a node that sends it gets a note)
+        self.schema, self.required = (DP_SGD_METRICS, ("num-examples",)) if dp_sgd else (TRAIN_METRICS, REQUIRED)
         self._shapes: dict[str, tuple[int, ...]] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -119,7 +122,7 @@ class ReplyGate(Layer):
             raise Rejected(f"array records {names[:4]}, expected exactly one named 'arrays'")
         if list(content.config_records.keys()):
             raise Rejected(f"unexpected config records {list(content.config_records.keys())[:4]}")
-        metrics, notes = clean_metrics(content, TRAIN_METRICS, self.required, self.cap(msg.metadata.src_node_id))
+        metrics, notes = clean_metrics(content, self.schema, self.required, self.cap(msg.metadata.src_node_id))
         record = content.array_records["arrays"]
         if not len(record):
             raise Rejected("empty payload (no adapter arrays)")

@@ -343,7 +343,15 @@ class RecordLedger(Layer):
         for k in keys:
             self.rounds[k] = self.rounds.get(k, 0) + 1
         self.record()
+        self.ctx.save_spent({"dp-sgd-rounds": dict(self.rounds)})  # durable before the tasks go out
         return msgs
+
+    def merge(self, spent: dict[str, Any]) -> None:
+        """Take the larger count of each partition from ``spent`` (the run directory's record of tasks sent,
+        which includes a round that never completed; the state file holds the last completed round's)."""
+        for k, v in spent.get("dp-sgd-rounds", {}).items():
+            self.rounds[str(k)] = max(self.rounds.get(str(k), 0), int(v))
+        self.record()
 
     def record(self) -> None:
         most = max(self.rounds.values(), default=0)
