@@ -113,7 +113,7 @@ def test_an_example_whose_gradient_is_not_finite_contributes_nothing(tiny_llama,
     """A record that makes the loss NaN (here: the example of length 40) must not spoil the step: the sum is
     that of the other examples, finite (else the server would reject the update, telling it the record was
     drawn)."""
-    import flowertune.train.dpsgd as dpsgd
+    from flowertune.train import dpsgd
 
     real = dpsgd.causal_lm_loss
 
