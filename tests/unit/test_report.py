@@ -269,5 +269,5 @@ def test_a_dp_sgd_run_states_its_record_level_epsilon_in_the_report_and_the_subm
                                 "strategy.secagg.mode": "secagg+", "train.dp-sgd.noise-multiplier": 0.9})
     secure = RunDir.create(from_flat(flat))
     secure.log(fake_rows(1)[0])
-    line = [ln for ln in write_report(secure.path).read_text().splitlines() if ln.startswith("**Privacy**")][0]
+    line = next(ln for ln in write_report(secure.path).read_text().splitlines() if ln.startswith("**Privacy**"))
     assert "(no client-level DP); record-level DP" in line and "no ε" not in line
