@@ -124,7 +124,8 @@ def record_privacy_plan(cfg: Config) -> str:
     eps = record_epsilon(t.dp_sgd_noise_multiplier, t.dp_sgd_sample_rate, rounds * t.max_steps, t.dp_sgd_delta)
     line = (f"\nrecord-level differential privacy (DP-SGD in each node: z={t.dp_sgd_noise_multiplier:g}, "
             f"C={t.dp_sgd_clipping_norm:g}, q={t.dp_sgd_sample_rate:g}, {t.max_steps} steps a round): ε = {eps:.4g} at "
-            f"δ = {t.dp_sgd_delta:g} for a node that trains all {rounds} rounds (RDP; neighbouring: {NEIGHBOURING}; "
+            f"δ = {t.dp_sgd_delta:g} for a node that trains all {rounds} rounds once (a retried try counts again; RDP; "
+            f"neighbouring: {NEIGHBOURING}; "
             f"{SAMPLING})")
     if t.dp_sgd_target_epsilon > 0 and eps > t.dp_sgd_target_epsilon:
         k = rounds_within(t.dp_sgd_noise_multiplier, t.dp_sgd_sample_rate, t.max_steps, t.dp_sgd_delta,

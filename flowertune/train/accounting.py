@@ -10,7 +10,8 @@ Neighbouring datasets differ by one training record of one node, added or remove
 subsampling analysis is for); the number of records a node holds is treated as public (it declares it at
 check-in, as Opacus and TF Privacy take ``len(dataset)`` to be). Everything the node sends after training is
 a function of the noised steps (post-processing), except what the node reports besides the adapter: it
-leaves out its training loss and speed under DP-SGD (``client_tasks.train``). What is not covered: the
+leaves out its training loss, speed and memory under DP-SGD (``client_tasks.train``). If the size must stay
+secret, one record replaced is one removed and one added: (2ε, (1 + e^ε)δ) by group privacy. What is not covered: the
 held-out split, whose evaluation loss the node reports unnoised (``train.eval-every-round=0`` leaves it
 out), and side channels such as time and memory.
 
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 import functools
 
-NEIGHBOURING = ("one training record of one node added or removed (the sizes of the nodes' datasets are "
-                "public)")
+NEIGHBOURING = ("one record of one node's training split added or removed, its size public (replaced, if the "
+                "size is secret: 2ε)")
 SAMPLING = "Poisson sampling of each node's records at every local step"
 
 

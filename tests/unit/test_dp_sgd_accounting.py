@@ -177,7 +177,7 @@ def test_dry_run_prints_the_record_level_epsilon_and_where_the_target_stops_a_no
     assert main(["run", "--dry-run", *flat]) == 0
     out = capsys.readouterr().out
     eps, k = record_epsilon(1.0, 0.05, 200, 1e-5), rounds_within(1.0, 0.05, 10, 1e-5, 4.0, 20)
-    assert 0 < k < 20 and f"ε = {eps:.4g} at δ = 1e-05 for a node that trains all 20 rounds" in out
+    assert 0 < k < 20 and f"ε = {eps:.4g} at δ = 1e-05 for a node that trains all 20 rounds once" in out
     assert f"a node can train {k} of the 20 rounds" in out
 
 
