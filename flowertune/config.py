@@ -383,6 +383,11 @@ def validate(cfg: Config) -> None:
     need(0.0 < cfg.strategy.fraction_train <= 1.0, "strategy.fraction-train must be in (0, 1]")
     need(0.0 <= cfg.strategy.fraction_evaluate <= 1.0, "strategy.fraction-evaluate must be in [0, 1]")
     need(cfg.strategy.min_train_nodes >= 1, "strategy.min-train-nodes must be >= 1")
+    need(cfg.strategy.min_available_nodes >= 1, "strategy.min-available-nodes must be >= 1")
+    need(cfg.run.num_supernodes >= 1, f"num-supernodes must be >= 1 (got {cfg.run.num_supernodes}): the federation "
+         "needs a node (--num-supernodes N)")
+    need(cfg.model.name.strip() != "", "model.name is empty: give a Hub id, a local model directory, a .gguf file "
+         "or 'embedded'")
     need(cfg.strategy.proximal_mu >= 0.0, "strategy.proximal-mu must be >= 0")
     need(cfg.train.num_train_epochs >= 0, "train.training-arguments.num-train-epochs must be >= 0 (0 = use max-steps)")
     need(cfg.train.max_steps >= 1 or cfg.train.num_train_epochs > 0,

@@ -84,6 +84,16 @@ def check_quantization(cfg: Config) -> None:
         raise PreflightError(str(exc)) from exc
 
 
+def check_simulation_size(cfg: Config) -> None:
+    """In simulation every node is one of ``num-supernodes``: a round that waits for more never starts."""
+    s, n = cfg.strategy, cfg.run.num_supernodes
+    for key, value in (("strategy.min-available-nodes", s.min_available_nodes),
+                       ("strategy.min-train-nodes", s.min_train_nodes)):
+        if value > n:
+            raise ConfigError(f"{key}={value} is more than the {n} simulated SuperNodes: the run would wait "
+                              f"strategy.node-wait-timeout and stop; lower it or raise --num-supernodes")
+
+
 def server_checks(cfg: Config, clients_here: bool) -> None:
     """Everything the server machine can know before a run starts. ``clients_here``: simulation (the
     clients run on this machine, so their data, model and quantization are checked here too)."""
@@ -92,6 +102,7 @@ def server_checks(cfg: Config, clients_here: bool) -> None:
 
     check_sinks(cfg.run.metric_sinks)
     if clients_here:
+        check_simulation_size(cfg)
         import datasets
 
         datasets.disable_progress_bars()  # the user's terminal gets the verdict, not a progress bar

@@ -155,7 +155,7 @@ def resolve_args(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
     :class:`ConfigError` for any mistake that can be known before a process starts."""
     sources: dict[str, str] = {}
     overrides = parse_overrides(args.run_config + args.overrides)
-    if args.num_supernodes:  # recorded in the run's config: a resume simulates the same federation
+    if args.num_supernodes is not None:  # recorded in the run's config: a resume simulates the same federation
         overrides["num-supernodes"] = args.num_supernodes
     quiet = ("--no-progress" if args.no_progress else
              "CI" if os.environ.get("CI") and "run.progress-every-s" not in overrides else None)

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import tomllib
 from flwr.common.config import flatten_dict
@@ -145,3 +147,26 @@ def test_a_toml_override_file_is_flattened_and_a_non_scalar_value_is_refused(tmp
     bad.write_text('[model.lora]\ntarget-modules = ["q_proj", "v_proj"]\n')
     with pytest.raises(ConfigError, match="model.lora.target-modules: a config value is a number, a boolean or a string"):
         parse_overrides([str(bad)])
+
+
+def test_federation_sizes_and_an_empty_model_name_are_refused_at_resolution():
+    for flat, problem in [({"num-supernodes": 0}, "num-supernodes must be >= 1 (got 0)"),
+                          ({"num-supernodes": -3}, "num-supernodes must be >= 1 (got -3)"),
+                          ({"strategy.min-available-nodes": 0}, "strategy.min-available-nodes must be >= 1"),
+                          ({"strategy.min-train-nodes": 0}, "strategy.min-train-nodes must be >= 1"),
+                          ({"model.name": " "}, "model.name is empty")]:
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            from_flat(flat)
+    assert from_flat({"num-supernodes": 1, "strategy.min-available-nodes": 1}).run.num_supernodes == 1
+
+
+def test_a_simulation_that_waits_for_more_nodes_than_it_has_is_refused_before_start(capsys, tmp_path):
+    from flowertune.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--num-supernodes", "3", "--out", str(out), "strategy.min-available-nodes=4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "strategy.min-available-nodes=4 is more than the 3 simulated SuperNodes" in err[0]
+    assert main(["run", "--num-supernodes", "0", "--out", str(out)]) == 2
+    assert "num-supernodes must be >= 1 (got 0)" in capsys.readouterr().err
+    assert not out.exists()
