@@ -48,7 +48,8 @@ class Federation:
     """Nodes running flowertune's ClientApp mods around a handler that adds :func:`update_of`; ``misbehave``:
     node -> function(stage, reply) -> reply (or raises), applied to the node's reply outside every mod."""
 
-    def __init__(self, nodes=NODES, misbehave=None):
+    def __init__(self, nodes=NODES, misbehave=None, dp_sgd=False):
+        self.dp_sgd = dp_sgd  # the nodes send DP-SGD's metrics (no train_loss)
         self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i}, state=RecordDict(),
                                     run_config={}) for i, n in enumerate(nodes)}
         self.misbehave = misbehave or {}
@@ -70,7 +71,8 @@ class Federation:
             glob = from_array_record(msg.content["arrays"])
             upd = update_of(context.node_id, int(msg.content["config"]["server-round"]))
             trained = {k: glob[k] + upd[k] for k in glob}
-            metrics = MetricRecord({"num-examples": 10 + context.node_id % 7, "train_loss": 1.5})
+            metrics = MetricRecord({"num-examples": 10 + context.node_id % 7,
+                                    **({"partition-id": 0} if self.dp_sgd else {"train_loss": 1.5})})
             return Message(RecordDict({"arrays": to_array_record(trained), "metrics": metrics}), reply_to=msg)
 
     def get_node_ids(self):
@@ -469,3 +471,17 @@ def test_a_node_that_adds_to_its_masked_vector_gets_the_sum_refused_a_small_shif
     got = from_array_record(small.replies[0].content["arrays"])
     shift = 1000 * STEP / len(NODES)
     assert abs(max_diff(got, fedavg(glob, NODES)) - shift) <= tolerance(got)
+
+
+def test_nodes_running_dp_sgd_send_the_smaller_schema_and_stay_in_the_sum():
+    """Under DP-SGD the nodes leave their loss out; the masked-vector check takes the gate's DP-SGD schema (and
+    without it, the same replies would each be a malformed reply: a dropout)."""
+    glob = glob_arrays()
+    c = StrategyConfig(secagg_mode="secagg+", secagg_clipping_range=CLIP, secagg_quantization_bits=BITS)
+    fed = Federation(dp_sgd=True)
+    out = secure_round(fed, train_messages(glob, list(fed.contexts)), 1, c, 30.0, dp_sgd=True)
+    assert out.halted is None and len(out.replies) == len(NODES) and out.errors == []
+    assert max_diff(from_array_record(out.replies[0].content["arrays"]), fedavg(glob, NODES)) <= tolerance(glob)
+    fed = Federation(dp_sgd=True)
+    out = secure_round(fed, train_messages(glob, list(fed.contexts)), 1, c, 30.0)
+    assert out.replies == [] and all("train_loss" in e for e in out.errors) and out.errors
