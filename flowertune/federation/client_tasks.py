@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from typing import Any
 
@@ -37,7 +36,8 @@ def train(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays, l
     data = rt_mod.client_data(cfg, rt, partition_id, num_partitions)
     set_arrays(rt.model, arrays)
     seed = cfg.train.seed + (server_round if cfg.train.dynamic_data_seed else 0) + 7919 * partition_id
-    step_log = StepLog(partition_id, server_round, cfg.run.progress_every_s)
+    step_log = StepLog(partition_id, server_round, cfg.run.progress_every_s,
+                       private=cfg.train.dp_sgd_noise_multiplier > 0)
     if cfg.train.dp_sgd_noise_multiplier > 0:  # record-level DP: the loss and the speed stay on the node
         from flowertune.train.dpsgd import dp_sgd_round
 
@@ -63,8 +63,9 @@ class StepLog:
     """``partition p, round r: step k/n, loss, tokens/s`` at most every ``every_s`` seconds (and at the last
     step); in simulation these lines reach ``flowertune run``'s terminal and ``<run>/run.log``. 0: silent."""
 
-    def __init__(self, partition_id: int, server_round: int, every_s: float) -> None:
+    def __init__(self, partition_id: int, server_round: int, every_s: float, private: bool = False) -> None:
         self.partition_id, self.server_round, self.every_s = partition_id, server_round, every_s
+        self.private = private  # DP-SGD: no statistic of the records drawn in any log line
         self.last = time.monotonic()
 
     def __call__(self, step: int, steps: int, loss: float, real_tokens: int, seconds: float) -> None:
@@ -72,7 +73,7 @@ class StepLog:
         if self.every_s <= 0 or (now - self.last < self.every_s and step < steps):
             return
         self.last = now
-        if math.isnan(loss):  # DP-SGD: statistics of the node's records stay out of every log
+        if self.private:
             log.info("partition %d, round %d: step %d/%d (DP-SGD), %.0f s", self.partition_id, self.server_round, step,
                      steps, seconds)
             return

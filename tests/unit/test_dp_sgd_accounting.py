@@ -186,10 +186,9 @@ def test_the_progress_line_of_a_dp_sgd_step_has_no_statistic_of_the_records(capl
 
     from flowertune.federation.client_tasks import StepLog
 
-    log = StepLog(3, 2, every_s=1e-9)
     with caplog.at_level(logging.INFO, logger="flowertune.federation.client_tasks"):
-        log(4, 10, math.nan, 0, 12.0)
-        log(5, 10, 1.2345, 678, 12.0)
+        StepLog(3, 2, every_s=1e-9, private=True)(4, 10, 1.2345, 678, 12.0)
+        StepLog(3, 2, every_s=1e-9)(5, 10, 1.2345, 678, 12.0)
     private, plain = [r.getMessage() for r in caplog.records]
     assert private == "partition 3, round 2: step 4/10 (DP-SGD), 12 s"
     assert "1.2345" in plain and "tokens/s" in plain
