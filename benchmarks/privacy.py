@@ -47,27 +47,27 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 VARIANTS = ("none", "dp-eps8", "dp-eps4", "dp-eps1", "secagg", "secagg-dp-eps8", "rec-eps8", "rec-eps4", "rec-eps1")
 
 
-def noise_for(epsilon: float, rounds: int, delta: float) -> float:
-    """The smallest noise multiplier (to 3 digits) whose ``rounds`` full releases spend at most ``epsilon``."""
-    from flowertune.federation.stack.privacy import planned_epsilon
-
+def smallest_noise(spent: Any, epsilon: float) -> float:
+    """The smallest noise multiplier (to 3 digits) for which ``spent(multiplier)`` is at most ``epsilon``."""
     lo, hi = 0.05, 200.0
     for _ in range(60):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if planned_epsilon(mid, rounds, delta) > epsilon else (lo, mid)
+        lo, hi = (mid, hi) if spent(mid) > epsilon else (lo, mid)
     return math.ceil(hi * 1000) / 1000
+
+
+def noise_for(epsilon: float, rounds: int, delta: float) -> float:
+    """The smallest noise multiplier whose ``rounds`` full releases spend at most ``epsilon``."""
+    from flowertune.federation.stack.privacy import planned_epsilon
+
+    return smallest_noise(lambda z: planned_epsilon(z, rounds, delta), epsilon)
 
 
 def record_noise_for(epsilon: float, rate: float, steps: int, delta: float) -> float:
-    """The smallest DP-SGD noise multiplier (to 3 digits) whose ``steps`` steps at ``rate`` spend at most
-    ``epsilon``."""
+    """The smallest DP-SGD noise multiplier whose ``steps`` steps at ``rate`` spend at most ``epsilon``."""
     from flowertune.train.accounting import record_epsilon
 
-    lo, hi = 0.05, 200.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if record_epsilon(mid, rate, steps, delta) > epsilon else (lo, mid)
-    return math.ceil(hi * 1000) / 1000
+    return smallest_noise(lambda z: record_epsilon(z, rate, steps, delta), epsilon)
 
 
 def record_sample_rate(args: argparse.Namespace, data: Path) -> float:

@@ -50,7 +50,7 @@ from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 from flowertune.config import StrategyConfig
 from flowertune.federation.progress import send_and_receive
 from flowertune.federation.records import from_array_record, to_array_record
-from flowertune.federation.stack.gate import DP_SGD_METRICS, REQUIRED, TRAIN_METRICS, clean_metrics, error_line
+from flowertune.federation.stack.gate import clean_metrics, error_line, train_schema
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def check_reply(stage: str, msg: Message, sent: Message, shapes: list[tuple[int,
         compat.recorddict_to_fitres(content, keep_input=True)  # what the workflow reads next
         if sorted(content.metric_records.keys()) != ["fitres.num_examples", "metrics"]:
             raise ValueError(f"metric records {list(content.metric_records.keys())[:4]}")
-        schema, required = (DP_SGD_METRICS, ("num-examples",)) if dp_sgd else (TRAIN_METRICS, REQUIRED)
+        schema, required = train_schema(dp_sgd)
         clean_metrics(RecordDict({"metrics": content.metric_records["metrics"]}), schema, required, None)
     elif stage == Stage.UNMASK:
         nids, shares = _listing(cfg, Key.NODE_ID_LIST, int), _listing(cfg, Key.SHARE_LIST, bytes)

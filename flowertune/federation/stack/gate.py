@@ -38,6 +38,11 @@ DP_SGD_METRICS = ("num-examples", "model_loads", "partition-id")
 EVAL_METRICS = ("num-examples", "eval_loss")
 
 
+def train_schema(dp_sgd: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(schema, required keys) of a train reply's metrics: smaller when the nodes run DP-SGD."""
+    return (DP_SGD_METRICS, ("num-examples",)) if dp_sgd else (TRAIN_METRICS, REQUIRED)
+
+
 def error_line(msg: Message) -> str:
     """The last line of a client error reply (the exception's message, not its traceback)."""
     reason = str(msg.error.reason).strip() if msg.has_error() else ""
@@ -102,7 +107,7 @@ class ReplyGate(Layer):
         super().__init__(strategy, ctx)
         self.max_examples = max_examples  # 0: no cap beyond the rows a node declared at check-in
         # under DP-SGD the schema leaves out what the nodes keep (a node that sends it gets a note)
-        self.schema, self.required = (DP_SGD_METRICS, ("num-examples",)) if dp_sgd else (TRAIN_METRICS, REQUIRED)
+        self.schema, self.required = train_schema(dp_sgd)
         self._shapes: dict[str, tuple[int, ...]] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
