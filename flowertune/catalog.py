@@ -3,7 +3,7 @@
 Validating a config (``flowertune run --dry-run``, a recipe, the ServerApp's first step) checks names
 against these registries without importing what implements them (Flower, torch, datasets): an unknown
 name is an error listing the valid ones. The first :meth:`~flowertune.registry.Registry.get` of a name
-imports its module. Adding a strategy, partitioner, data format, prompt frame, wire codec or metric sink
+imports its module. Adding a strategy, LoRA aggregation, partitioner, data format, prompt frame, wire codec or metric sink
 is its implementation in its own module plus one line here; ``tests/unit/test_catalog.py`` resolves every
 entry.
 
@@ -21,6 +21,13 @@ STRATEGIES: Registry[Any] = Registry("strategy")  # StrategyConfig -> a Flower s
 for _name in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum", "multikrum",
               "bulyan"):
     STRATEGIES.add_lazy(_name, f"flowertune.federation.strategies:{_name}")
+
+# strategy.aggregation: how LoRA factors are combined (a layer class of federation/stack/lora.py, or None for
+# "separate": the aggregator averages A and B each)
+AGGREGATIONS: Registry[Any] = Registry("aggregation")
+AGGREGATIONS.add("separate", None)
+AGGREGATIONS.add_lazy("freeze-a", "flowertune.federation.stack.lora:FreezeA")
+AGGREGATIONS.add_lazy("exact", "flowertune.federation.stack.lora:ExactProducts")
 
 PARTITIONERS: Registry[Any] = Registry("partitioner")  # (num_partitions, DataConfig) -> flwr-datasets Partitioner
 PARTITIONERS.add_lazy("iid", "flowertune.data.partition:iid")

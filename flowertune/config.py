@@ -110,6 +110,12 @@ class TrainConfig:
 class StrategyConfig:
     name: str = key("strategy.name", "fedavg", "fedavg | fedprox | fedadam | fedyogi | fedavgm | fedmedian | "
                                                  "fedtrimmedavg | krum | multikrum | bulyan")
+    aggregation: str = key("strategy.aggregation", "separate",
+                           "how the nodes' LoRA factors are combined: separate (strategy.name averages A and B each, "
+                           "FedAvg of A and B) | freeze-a (A stays as initialised on every node: only B trains, the mean "
+                           "of B times A is the mean of the products, and with a delta wire.codec only B travels after "
+                           "a node's first round) | exact (the weighted mean of the nodes' products B·A, re-projected "
+                           "onto rank r by SVD)")
     fraction_train: float = key("strategy.fraction-train", 0.5, "share of connected nodes sampled per round")
     fraction_evaluate: float = key("strategy.fraction-evaluate", 1.0, "share of nodes computing the held-out eval loss")
     min_train_nodes: int = key("strategy.min-train-nodes", 2, "minimum nodes per training round")
@@ -424,6 +430,7 @@ def validate(cfg: Config) -> None:
     validate_dp(cfg.strategy, need)
     validate_dp_sgd(cfg.train, need)
     validate_secagg(cfg.strategy, cfg.run.wire_codec, cfg.run.num_supernodes, need)
+    validate_aggregation(cfg.strategy, cfg.adapter, need)
     need(not cfg.strategy.dp_mode.startswith("client-") or cfg.run.wire_codec == "fp32",
          f"strategy.dp.mode={cfg.strategy.dp_mode} needs wire.codec=fp32: the server checks each decoded update against the "
          f"clipping norm, and {cfg.run.wire_codec}'s rounding (and residual) would push clipped updates past it")
@@ -477,6 +484,22 @@ def validate_dp_sgd(t: TrainConfig, need: Callable[[bool, str], None]) -> None:
          "train.training-arguments.max-steps Poisson-sampled steps (what the accountant counts), not whole passes")
 
 
+def validate_aggregation(c: StrategyConfig, a: AdapterConfig, need: Callable[[bool, str], None]) -> None:
+    """``strategy.aggregation``: exact re-factorises the mean of the products, which only a plain weighted mean
+    of the replies may feed (not a server optimizer, a robust rule, noise calibrated to a mean, or a masked sum)."""
+    if c.aggregation != "exact":
+        return
+    what = "strategy.aggregation=exact computes the weighted mean of the nodes' products B·A and re-projects it"
+    need(c.name in ("fedavg", "fedprox"), f"{what}: use strategy.name=fedavg or fedprox ({c.name} transforms A and B "
+         "each; strategy.aggregation=freeze-a composes with it)")
+    need(c.dp_mode == "off", f"{what}, which is not a mean of clipped updates: strategy.dp.mode's noise would not bound "
+         "it; use strategy.aggregation=freeze-a with DP (the mean of B is exact there)")
+    need(c.secagg_mode == "off", f"{what} from each node's factors, which secure aggregation hides; use "
+         "strategy.aggregation=freeze-a with SecAgg+")
+    need(not a.use_dora, f"{what}; DoRA's magnitude rescales B·A by a norm that is not linear in it, so no mean of "
+         "products is exact: use strategy.aggregation=freeze-a or separate with model.lora.use-dora")
+
+
 def validate_secagg(c: StrategyConfig, codec: str, nodes: int, need: Callable[[bool, str], None]) -> None:
     """``strategy.secagg.*``: the server sees only the sum of the updates, so nothing above it may need one update."""
     need(c.secagg_mode in ("off", "secagg+"), f"strategy.secagg.mode={c.secagg_mode!r} is not valid; choose off or "
@@ -507,11 +530,12 @@ def validate_secagg(c: StrategyConfig, codec: str, nodes: int, need: Callable[[b
 def check_names(cfg: Config) -> None:
     """Raise ``ConfigError`` for a strategy, partitioner, data format, prompt frame, preset, wire codec or metric
     sink that does not exist, listing the valid ones (names only: nothing that implements them is imported)."""
-    from flowertune.catalog import CODECS, FORMATS, FRAMES, PARTITIONERS, SINKS, STRATEGIES
+    from flowertune.catalog import AGGREGATIONS, CODECS, FORMATS, FRAMES, PARTITIONERS, SINKS, STRATEGIES
     from flowertune.presets import PRESETS
 
     for registry, value, k in (
         (STRATEGIES, cfg.strategy.name, "strategy.name"),
+        (AGGREGATIONS, cfg.strategy.aggregation, "strategy.aggregation"),
         (PARTITIONERS, cfg.data.partitioner, "data.partitioner"),
         (FORMATS, cfg.data.format, "data.format"),
         (FRAMES, cfg.data.prompt_frame, "data.prompt-frame"),

@@ -16,7 +16,8 @@ import numpy as np
 from flowertune.config import Config
 from flowertune.federation import client_runtime as rt_mod
 from flowertune.memory import process_memory_mb
-from flowertune.models.adapter import adapter_config_dict, get_arrays, set_arrays
+from flowertune.models.adapter import adapter_config_dict, freeze_lora_a, get_arrays, set_arrays
+from flowertune.models.lora_algebra import fp16_exact, is_lora_a
 from flowertune.train.loop import evaluate_loss, train_round
 
 Arrays = dict[str, np.ndarray]
@@ -26,7 +27,10 @@ log = logging.getLogger(__name__)
 def initial_adapter(cfg: Config) -> tuple[Arrays, str]:
     """The freshly initialised (seeded) adapter and its ``adapter_config.json`` text."""
     rt = rt_mod.runtime(cfg)
-    return get_arrays(rt.model), json.dumps(adapter_config_dict(rt.model))
+    arrays = get_arrays(rt.model)
+    if cfg.strategy.aggregation == "freeze-a":  # A never changes: make it what an fp16 first downlink carries
+        arrays = {k: fp16_exact(v) if is_lora_a(k) else v for k, v in arrays.items()}
+    return arrays, json.dumps(adapter_config_dict(rt.model))
 
 
 def train(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays, lr: float, server_round: int,
@@ -35,6 +39,7 @@ def train(cfg: Config, partition_id: int, num_partitions: int, arrays: Arrays, l
     rt = rt_mod.runtime(cfg)
     data = rt_mod.client_data(cfg, rt, partition_id, num_partitions)
     set_arrays(rt.model, arrays)
+    freeze_lora_a(rt.model, cfg.strategy.aggregation == "freeze-a")
     seed = cfg.train.seed + (server_round if cfg.train.dynamic_data_seed else 0) + 7919 * partition_id
     step_log = StepLog(partition_id, server_round, cfg.run.progress_every_s,
                        private=cfg.train.dp_sgd_noise_multiplier > 0)

@@ -337,7 +337,7 @@ def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
 
 def build_stack(cfg: Config, directory: NodeDirectory) -> Any:
     """The strategy stack of the config, told the node order and the sampling deadline; logged."""
-    strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, train=cfg.train,
+    strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, train=cfg.train, rank=cfg.adapter.r,
                              **options_from(cfg.run.wire_codec, cfg.run))
     strategy.ctx.order = directory.order
     strategy.ctx.partition_of = directory.partition.get

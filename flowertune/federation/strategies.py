@@ -2,8 +2,8 @@
 
 From the outside in (each layer holds the next as ``self.strategy``, Flower's wrapper convention)::
 
-    Meter -> GlobalGuard -> WireCodec -> ReplyGate -> [NormBound] -> [slot: Flower's DP wrappers ...]
-          -> SeededSampling -> FedAvg (Flower's)
+    Meter -> GlobalGuard -> WireCodec -> ReplyGate -> [FreezeA] -> [DirectionCheck] -> [NormBound]
+          -> [slot: Flower's DP wrappers ...] -> [ExactProducts] -> SeededSampling -> FedAvg (Flower's)
 
 The aggregators are Flower's classes, not subclassed (``FedAvg``, ``FedProx``, ``FedAvgM``, ``FedAdam``,
 ``FedYogi``; robust: ``FedMedian``, ``FedTrimmedAvg``, ``Krum``, ``MultiKrum``, ``Bulyan``), each one catalog entry (``flowertune/catalog.py``) pointing at a factory below. What they
@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from flowertune.catalog import STRATEGIES
+from flowertune.catalog import AGGREGATIONS, STRATEGIES
 from flowertune.config import StrategyConfig, TrainConfig
 from flowertune.federation.stack.base import (
     Layer,
@@ -109,12 +109,16 @@ Wrap = Callable[[Strategy], Strategy]
 
 
 def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap] = (), train: TrainConfig | None = None,
-                  **codec_options: Any) -> Meter:
+                  rank: int = 8, **codec_options: Any) -> Meter:
     """The configured stack, seeded, speaking wire codec ``codec``; ``slot``: wrappers (outermost first) put
     between the gate and the sampling, where Flower's DP wrappers and robust layers go; ``train``: the nodes'
-    training config, for the record-level ledger of DP-SGD."""
+    training config, for the record-level ledger of DP-SGD; ``rank``: the adapter's LoRA rank (the budget of
+    ``strategy.aggregation=exact``)."""
     ctx = StackContext(seed=cfg.seed)
     inner: Strategy = SeededSampling(STRATEGIES.get(cfg.name)(cfg), ctx)
+    lora = AGGREGATIONS.get(cfg.aggregation)  # a layer class of stack/lora.py, or None (separate)
+    if lora is not None and lora.place == "aggregator":
+        inner = lora(inner, ctx, rank)
     for wrap in reversed(slot):
         inner = wrap(inner)
     dp = cfg.dp_mode != "off"
@@ -139,6 +143,8 @@ def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap]
 
         inner = RecordLedger(inner, ctx, train.dp_sgd_noise_multiplier, train.dp_sgd_sample_rate, train.max_steps,
                              train.dp_sgd_delta, train.dp_sgd_target_epsilon)
+    if lora is not None and lora.place == "updates":
+        inner = lora(inner, ctx, rank)
     inner = ReplyGate(inner, ctx, cfg.max_examples_per_node, dp_sgd=dp_sgd)
     inner = WireCodec(inner, ctx, get_codec(codec, **codec_options))
     # under DP the guard checks finiteness only: each update is clipped, and the noise (z*C/n per entry, by

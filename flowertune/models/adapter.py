@@ -52,6 +52,14 @@ def attach_adapter(base: Any, cfg: AdapterConfig, model: ModelConfig, seed: int 
     return peft_model
 
 
+def freeze_lora_a(model: Any, frozen: bool) -> None:
+    """``strategy.aggregation=freeze-a``: the LoRA ``A`` factors take no gradient (set per round: the resident
+    model outlives a config)."""
+    for name, p in model.named_parameters():
+        if ".lora_A." in name:
+            p.requires_grad_(not frozen)
+
+
 def get_arrays(model: Any) -> dict[str, np.ndarray]:
     """The adapter state as fp32 numpy arrays, keyed like PEFT's saved adapters."""
     from peft import get_peft_model_state_dict

@@ -4,7 +4,7 @@ Run A goes 4 rounds uninterrupted. Run B, same config and seed, has its whole se
 ServerApp and the simulated clients with it) SIGKILLed once round 2 is saved, and is resumed with
 ``flowertune run --resume``. FedAdam (server moments), ``delta-int3`` (server-side downlink mirror,
 client-side held copy and error-feedback residual) and 2-of-3 sampling (random node ids per run) are
-all state a resume has to carry. A and B must agree bit for bit: the round-1/2 checkpoints (two
+all state a resume has to carry, and ``strategy.aggregation=freeze-a`` trains B only. A and B must agree bit for bit: the round-1/2 checkpoints (two
 independent runs, i.e. determinism), the final adapter (resume) and every metrics row but timings.
 """
 
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from tests.e2e.helpers import BIN, isolated_env, kill_processes_mentioning, read_jsonl, run_flowertune, tiny_overrides
@@ -30,6 +31,7 @@ def overrides(model_dir, data):
         "strategy.fraction-train": 0.67, "strategy.min-train-nodes": 2, "strategy.min-available-nodes": 3,
         "strategy.fraction-evaluate": 0.67, "model.lora.peft-lora-dropout": 0.1, "strategy.eta": 0.01,
         "train.training-arguments.max-steps": 6,  # rounds of a few seconds: the kill lands before the end
+        "strategy.aggregation": "freeze-a",  # A never moves, so after first contact only B's deltas travel
     })
 
 
@@ -113,3 +115,28 @@ def test_resume_with_a_changed_config_is_refused_before_start(runs, tmp_path):
     assert "model.lora.peft-lora-r: 4 -> 16" in proc.stderr and "Starting" not in proc.stdout
     proc = run_flowertune(tmp_path, "run", "--resume", str(b), "num-server-rounds=6", timeout=120)
     assert proc.returncode == 2 and "num-server-rounds: 4 -> 6" in proc.stderr and "--force" in proc.stderr
+
+
+def test_freeze_a_keeps_a_bit_for_bit_and_sends_only_b_up(runs):
+    """Every saved global holds the initial A (fp16-exact: the first downlink is fp16), B moves; each round's
+    uplink is exactly two int3 payloads of B's update (an A update would add its own entries)."""
+    from safetensors.numpy import load_file
+
+    from flowertune.wire import get_codec, payload_bytes
+
+    a, _, _, _ = runs
+    saved = [load_file(str(a / d / "adapter_model.safetensors"))
+             for d in ("checkpoints/round-1", "checkpoints/round-2", "final_adapter")]
+    a_keys = [k for k in saved[0] if ".lora_A." in k]
+    b_keys = [k for k in saved[0] if ".lora_B." in k]
+    assert a_keys and len(a_keys) == len(b_keys) == len(saved[0]) // 2
+    for k in a_keys:
+        assert all(np.array_equal(s[k], saved[0][k]) for s in saved), k
+        assert np.array_equal(saved[0][k].astype(np.float16).astype(np.float32), saved[0][k]), k
+    assert all(not np.array_equal(saved[0][k], saved[-1][k]) for k in b_keys)
+    rng = np.random.default_rng(0)
+    b_only = {k: saved[0][k] for k in b_keys}
+    moved = {k: (v + rng.standard_normal(v.shape)).astype(np.float32) for k, v in b_only.items()}
+    per_reply = payload_bytes(get_codec("delta-int3").encode(moved, b_only, None)[0])
+    rows = read_jsonl(a / "metrics.jsonl")[1:]
+    assert [r["bytes_up"] for r in rows] == [2 * per_reply] * 4

@@ -2,7 +2,8 @@
 the members' reports, TensorBoard events, run logs and a submission folder, read back from what was written.
 
 A member is a plain ``flowertune run`` (2 rounds x 2 clients, fp32 wire): its run directory, byte counts,
-resident model, memory figures and final adapter are checked here too (one Flower run, several checks)."""
+resident model, memory figures and final adapter are checked here too (one Flower run, several checks). The
+other member aggregates the exact products (``strategy.aggregation=exact``): its final adapter is checked too."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -33,7 +35,7 @@ def sweep_file(path: Path, model: Path, data: Path) -> Path:
     common.update({"run.metric-sinks": '"tensorboard"', "run.progress-every-s": "1.0",
                    "num-supernodes": "2"})
     lines = ['suite = "finance"', "limit = 2", "", "[config]", *(f'"{k}" = {v}' for k, v in common.items()), "",
-             "[members.r4]", '"model.lora.peft-lora-r" = 4', "", "[members.r8]", '"model.lora.peft-lora-r" = 8', ""]
+             "[members.r4]", '"model.lora.peft-lora-r" = 4', "", "[members.r8]", '"model.lora.peft-lora-r" = 8', '"strategy.aggregation" = "exact"', ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -209,3 +211,26 @@ def test_final_adapter_loads_with_peft_and_differs_from_round_1(sweep, tiny_mode
         with torch.no_grad():
             logits.append(m(input_ids=x).logits)
     assert torch.isfinite(logits[1]).all() and not torch.allclose(logits[0], logits[1])
+
+
+def test_the_exact_products_member_saves_a_reprojected_standard_adapter(sweep, tiny_model_dir) -> None:
+    """``strategy.aggregation=exact`` through Flower's runtime: the stack says so, and every saved global is the SVD
+    re-projection (A's rows orthonormal, which no average of two seeded-init A's is), at rank 8, loading with PEFT."""
+    import torch
+    from peft import PeftModel
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    run = sweep[0] / "r8"
+    assert read_config(run)["strategy.aggregation"] == "exact"
+    assert "exact(mean of B·A, SVD to r=8)" in (run / "run.log").read_text()
+    for d in ("checkpoints/round-1", "final_adapter"):
+        arrays = load_file(str(run / d / "adapter_model.safetensors"))
+        a_keys = [k for k in arrays if ".lora_A." in k]
+        assert a_keys and all(arrays[k].shape[0] == 8 for k in a_keys)
+        for k in a_keys:
+            a = arrays[k].astype(np.float64)
+            np.testing.assert_allclose(a @ a.T, np.eye(8), atol=1e-4, err_msg=f"{d} {k}")
+        m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run / d).eval()
+        with torch.no_grad():
+            assert torch.isfinite(m(input_ids=torch.randint(0, 300, (1, 10))).logits).all()

@@ -1,0 +1,106 @@
+"""LoRA-aware aggregation (``strategy.aggregation``): layers that combine the nodes' A and B factors as the
+products they are, rather than as two unrelated arrays.
+
+``freeze-a`` (:class:`FreezeA`, FFA-LoRA): every node keeps ``A`` at its seeded initialisation and trains ``B``
+only (the client sets ``A.requires_grad = False``). With one ``A`` everywhere, ``mean(B_i) A = mean(B_i A)``:
+whatever aggregator averages ``B`` averages the products exactly. The layer sits right under the gate: it
+puts the global ``A`` into every reply (the server never takes an ``A`` from a node, so a node that changed
+its own cannot move it; the change is noted) and back into the aggregate (where a DP wrapper's noise may have
+touched it). The initial ``A`` is rounded to fp16 values by the node that builds it, so the lossy codecs'
+fp16 first downlink carries it exactly; after that a delta codec never sends it again, either way (a
+zero update is left out of a delta payload: ``wire/codecs.py``). With ``wire.codec=fp32`` (no deltas) ``A``
+still travels every round.
+
+``exact`` (:class:`ExactProducts`): the aggregate of each module is the best rank-``r`` approximation of the
+weighted mean of the nodes' products ``B_i A_i`` (``models/lora_algebra.py:exact_mean``; the weights are the
+replies' ``num-examples``, as FedAvg's). Arrays that are not LoRA factors are averaged by the aggregator
+below. It sits right above the sampling, under the robust layers (which judge each reply first); the config
+refuses it with a server optimizer, a robust aggregator, client-level DP, SecAgg+ and DoRA.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from flowertune.federation.records import from_array_record, to_array_record
+from flowertune.federation.stack.base import Layer, StackContext
+from flowertune.models.lora_algebra import exact_mean, is_lora_a, lora_pairs
+
+log = logging.getLogger(__name__)
+
+
+def _with_arrays(msg: Message, arrays: dict[str, np.ndarray]) -> None:
+    msg.content = RecordDict({**msg.content.metric_records, **msg.content.config_records,
+                              "arrays": to_array_record(arrays)})
+
+
+class FreezeA(Layer):
+    """``A`` is the global's, in every reply and in the aggregate; the aggregator below averages ``B``."""
+
+    name = "freeze-a"
+    place = "updates"  # right under the gate (make_strategy)
+
+    def __init__(self, strategy: object, ctx: StackContext, rank: int) -> None:
+        super().__init__(strategy, ctx)
+        self._a: dict[str, np.ndarray] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._a = {k: v for k, v in from_array_record(arrays).items() if is_lora_a(k)}
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        for msg in replies:
+            arrays = from_array_record(msg.content["arrays"])
+            changed = [k for k, a in self._a.items() if not np.array_equal(arrays.get(k), a)]
+            if changed:
+                self.ctx.traffic.notes.append(f"node {msg.metadata.src_node_id}: {len(changed)} frozen lora_A "
+                                              "array(s) changed; the global A kept")
+                _with_arrays(msg, {**arrays, **self._a})
+        result, metrics = self.strategy.aggregate_train(server_round, replies)
+        if result is None:
+            return result, metrics
+        out = from_array_record(result)
+        out.update({k: a for k, a in self._a.items() if k in out})
+        return to_array_record(out), metrics
+
+
+class ExactProducts(Layer):
+    """Each LoRA module's aggregate: the SVD re-projection onto rank ``r`` of the weighted mean of ``B_i A_i``."""
+
+    name = "exact"
+    place = "aggregator"  # right above the sampling (make_strategy)
+
+    def __init__(self, strategy: object, ctx: StackContext, rank: int) -> None:
+        super().__init__(strategy, ctx)
+        self.rank = rank
+        self._a: dict[str, np.ndarray] = {}
+
+    def describe(self) -> str:
+        return f"exact(mean of B·A, SVD to r={self.rank})"
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._a = {k: v for k, v in from_array_record(arrays).items() if is_lora_a(k)}
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        result, metrics = self.strategy.aggregate_train(server_round, replies)
+        if result is None or not replies:
+            return result, metrics
+        decoded = [from_array_record(msg.content["arrays"]) for msg in replies]
+        weights = [float(msg.content["metrics"]["num-examples"]) for msg in replies]
+        out = from_array_record(result)
+        for a_key, b_key in lora_pairs(out):
+            out[b_key], out[a_key] = exact_mean([(d[b_key], d[a_key]) for d in decoded], weights, self.rank,
+                                                previous_a=self._a.get(a_key))
+        return to_array_record(out), metrics
