@@ -162,8 +162,8 @@ def test_freeze_a_keeps_a_sends_no_a_after_first_contact_and_averages_b():
                 want = sum(wi * e["trained"][k].astype(np.float64) for wi, e in zip(w / w.sum(), log))
                 assert np.abs(out[k] - want).max() < 0.02 * np.abs(want).max()  # int8 uplink of B
         assert s.traffic.accepted == 4
-        assert [n for n in s.traffic.notes if "frozen lora_A" in n] == [f"node {hostile}: 2 frozen lora_A array(s) "
-                                                                        "changed; the global A kept"]
+        assert [n for n in s.traffic.notes if "frozen lora_A" in n] == [(f"node {hostile}: 2 frozen lora_A array(s) "
+                                                                        "changed; the global A kept")]
         honest = [e for e in log if e["node"] != hostile]
         assert all(not any("lora_A" in k for k in e["up"]) for e in honest), rnd
         has_a_down = [any("lora_A" in k for k in e["down"]) for e in honest]
@@ -192,8 +192,8 @@ def test_exact_aggregates_the_products_and_averages_the_rest():
 
 
 @pytest.mark.parametrize("overrides, problem", [
-    ({"strategy.aggregation": "stacking"}, "strategy.aggregation='stacking' is not valid; choose one of: exact, "
-                                           "freeze-a, separate"),
+    ({"strategy.aggregation": "stacking"}, ("strategy.aggregation='stacking' is not valid; choose one of: exact, "
+                                           "freeze-a, separate")),
     ({"strategy.aggregation": "exact", "strategy.name": "fedadam"}, "use strategy.name=fedavg or fedprox"),
     ({"strategy.aggregation": "exact", "strategy.name": "krum"}, "use strategy.name=fedavg or fedprox"),
     ({"strategy.aggregation": "exact", "strategy.dp.mode": "server-fixed"}, "not a mean of clipped updates"),
