@@ -21,7 +21,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from flowertune.config import Config, ConfigError, resolve
+from flowertune.config import Config, ConfigError, at_rank, node_rank, resolve
 from flowertune.federation import worker
 from flowertune.federation.records import from_array_record, nudge_if_unchanged, to_array_record
 from flowertune.federation.secagg_client import secagg_mod
@@ -124,7 +124,9 @@ def query(msg: Message, context: Context) -> Message:
     cfg = _setup(context)
     want = str(msg.content["config"].get("want", ""))
     if want == "node-info":
-        info = _run(cfg, context, "node_info", cfg, *_partition(context))
+        pid, n = _partition(context)
+        rank = node_rank(cfg.adapter, pid, context.node_config)  # checked before anything loads
+        info = {**_run(cfg, context, "node_info", at_rank(cfg, rank), pid, n), "lora-rank": rank}
         return Message(content=RecordDict({"info": ConfigRecord(info)}), reply_to=msg)
     if want != "initial-adapter":
         raise ValueError(f"unknown query {want!r}; this flowertune client answers node-info and initial-adapter")
@@ -136,8 +138,8 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One local round on this node's partition, starting from the global adapter."""
-    cfg = _setup(context)
     pid, n = _partition(context)
+    cfg = at_rank(_setup(context), node_rank(_setup(context).adapter, pid, context.node_config))
     config = msg.content["config"]
     mu = float(config.get("proximal-mu", cfg.strategy.proximal_mu))
     global_arrays = from_array_record(msg.content["arrays"])  # fp32: wire_mod decoded it
@@ -149,8 +151,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Held-out loss of the global adapter on this node's validation split."""
-    cfg = _setup(context)
+    """Held-out loss of the global adapter (truncated to this node's rank) on this node's validation split."""
     pid, n = _partition(context)
+    cfg = at_rank(_setup(context), node_rank(_setup(context).adapter, pid, context.node_config))
     metrics = _run(cfg, context, "evaluate", cfg, pid, n, from_array_record(msg.content["arrays"]))
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -47,6 +47,19 @@ class AdapterConfig:
     dropout: float = key("model.lora.peft-lora-dropout", 0.05, "LoRA dropout")
     target_modules: str = key("model.lora.target-modules", "q_proj,v_proj", "comma-separated module names; '' = PEFT default")
     use_dora: bool = key("model.lora.use-dora", False, "DoRA (weight-decomposed LoRA)")
+    node_ranks: str = key("model.lora.node-ranks", "",
+                          "heterogeneous ranks: comma-separated LoRA ranks by partition id, repeated (e.g. '4,8,16'); "
+                          "each <= model.lora.peft-lora-r, the rank of the global adapter; a SuperNode's "
+                          "--node-config lora-rank=N overrides its own ('' = every node at peft-lora-r)")
+
+    def ranks(self) -> list[int]:
+        """``model.lora.node-ranks`` as integers (``[]`` when every node trains at ``r``)."""
+        parts = [p.strip() for p in self.node_ranks.split(",") if p.strip()]
+        try:
+            return [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"model.lora.node-ranks={self.node_ranks!r} must be comma-separated integers, e.g. "
+                              "'4,8,16'") from None
 
 
 @dataclass(frozen=True)
@@ -431,6 +444,7 @@ def validate(cfg: Config) -> None:
     validate_dp_sgd(cfg.train, need)
     validate_secagg(cfg.strategy, cfg.run.wire_codec, cfg.run.num_supernodes, need)
     validate_aggregation(cfg.strategy, cfg.adapter, need)
+    validate_ranks(cfg, need)
     need(not cfg.strategy.dp_mode.startswith("client-") or cfg.run.wire_codec == "fp32",
          f"strategy.dp.mode={cfg.strategy.dp_mode} needs wire.codec=fp32: the server checks each decoded update against the "
          f"clipping norm, and {cfg.run.wire_codec}'s rounding (and residual) would push clipped updates past it")
@@ -482,6 +496,47 @@ def validate_dp_sgd(t: TrainConfig, need: Callable[[bool, str], None]) -> None:
          "train.dp-sgd.target-epsilon must be a finite number >= 0 (0 = no limit)")
     need(t.num_train_epochs == 0, "train.dp-sgd needs train.training-arguments.num-train-epochs=0: a DP-SGD round is "
          "train.training-arguments.max-steps Poisson-sampled steps (what the accountant counts), not whole passes")
+
+
+def node_rank(adapter: AdapterConfig, partition_id: int, node_config: Mapping[str, Any]) -> int:
+    """The LoRA rank a node trains at: its ``--node-config lora-rank=N``, else ``model.lora.node-ranks`` by its
+    partition, else ``model.lora.peft-lora-r``; :class:`ConfigError` when it is not in [1, peft-lora-r]."""
+    if "lora-rank" in node_config:
+        raw = node_config["lora-rank"]
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(f"node config lora-rank={str(raw)[:20]!r} must be an integer in [1, "
+                              f"model.lora.peft-lora-r={adapter.r}]")
+        rank, where = raw, "node config lora-rank"
+    else:
+        ranks = adapter.ranks()
+        rank, where = (ranks[partition_id % len(ranks)] if ranks else adapter.r), "model.lora.node-ranks"
+    if not 1 <= rank <= adapter.r:
+        raise ConfigError(f"{where} gives rank {rank}; it must be in [1, model.lora.peft-lora-r={adapter.r}] (the "
+                          "global adapter's rank, which each node's rank truncates)")
+    return rank
+
+
+def at_rank(cfg: Config, rank: int) -> Config:
+    """``cfg`` for a node training at ``rank``: ``alpha`` scaled with it, so that ``alpha / r`` (PEFT's scaling of
+    ``B A``) is the global adapter's and the node's adapter is the global truncated to its first ``rank``
+    components."""
+    if rank == cfg.adapter.r:
+        return cfg
+    return replace(cfg, adapter=replace(cfg.adapter, r=rank, alpha=cfg.adapter.alpha * rank / cfg.adapter.r,
+                                        node_ranks=""))
+
+
+def validate_ranks(cfg: Config, need: Callable[[bool, str], None]) -> None:
+    """``model.lora.node-ranks``: integers in [1, r]; not where every node must hold the same shapes."""
+    ranks = cfg.adapter.ranks()
+    if not ranks:
+        return
+    need(all(1 <= r <= cfg.adapter.r for r in ranks), f"model.lora.node-ranks={cfg.adapter.node_ranks!r}: every "
+         f"rank must be in [1, model.lora.peft-lora-r={cfg.adapter.r}] (the global adapter's rank)")
+    need(cfg.strategy.secagg_mode == "off", "model.lora.node-ranks: SecAgg+ sums vectors of one length, so every "
+         "node must train at model.lora.peft-lora-r; set strategy.secagg.mode=off or drop model.lora.node-ranks")
+    need(not cfg.adapter.use_dora, "model.lora.node-ranks: a DoRA magnitude is learned for the node's own B·A, which "
+         "truncating the global changes; use plain LoRA (model.lora.use-dora=false) with heterogeneous ranks")
 
 
 def validate_aggregation(c: StrategyConfig, a: AdapterConfig, need: Callable[[bool, str], None]) -> None:

@@ -55,6 +55,9 @@ class NodeDirectory:
     timeout: float
     partition: dict[int, int] = field(default_factory=dict)
     rows: dict[int, int] = field(default_factory=dict)  # training rows each node declared at check-in
+    ranks: dict[int, int] = field(default_factory=dict)  # the LoRA rank each node declared (model.lora.node-ranks)
+    max_rank: int | None = None  # the global adapter's rank: a node's may not exceed it
+    same_rank: str = ""  # why every node must train at max_rank (SecAgg+, DoRA), or ''
     failed: dict[int, str] = field(default_factory=dict)
     duplicate: dict[int, int] = field(default_factory=dict)  # refused: its partition was held; checks in again later
     new_errors: list[str] = field(default_factory=list)
@@ -70,9 +73,14 @@ class NodeDirectory:
         replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(msgs, timeout=self.timeout)}
         for n in new:
             reply = replies.get(n)
-            why = check_in(reply, set(self.partition.values()))
+            why = check_in(reply, set(self.partition.values()), self.max_rank, self.same_rank)
             if isinstance(why, tuple):
-                self.partition[n], self.rows[n] = why
+                self.partition[n], self.rows[n], rank = why
+                if rank is not None:
+                    self.ranks[n] = rank
+                    if rank != self.max_rank:
+                        log.info("node %d (partition %d) trains at LoRA rank %d of the global's %s", n, why[0], rank,
+                                 self.max_rank)
                 continue
             if why.startswith("partition ") and "duplicate" in why:
                 self.duplicate[n] = int(why.split()[1])
@@ -86,6 +94,7 @@ class NodeDirectory:
         for n in gone:
             freed = self.partition.pop(n, None)
             self.rows.pop(n, None)
+            self.ranks.pop(n, None)
             self.failed.pop(n, None)
             self.duplicate.pop(n, None)
             # a node refused for holding the same partition checks in again (a restarted SuperNode, say)
@@ -118,8 +127,11 @@ class NodeDirectory:
         return out
 
 
-def check_in(reply: Message | None, taken: set[int]) -> tuple[int, int] | str:
-    """``(partition id, training rows)`` of a node's check-in reply, or why it is refused. Never raises."""
+def check_in(reply: Message | None, taken: set[int], max_rank: int | None = None,
+             same_rank: str = "") -> tuple[int, int, int | None] | str:
+    """``(partition id, training rows, LoRA rank or None)`` of a node's check-in reply, or why it is refused.
+    ``max_rank``: the global adapter's (a node may train at any rank up to it); ``same_rank``: why this run
+    needs every node at exactly that rank (SecAgg+, DoRA), or ''. Never raises."""
     if reply is None:
         return "no reply to the check-in"
     if reply.has_error():
@@ -133,9 +145,15 @@ def check_in(reply: Message | None, taken: set[int]) -> tuple[int, int] | str:
         return f"check-in partition-id {str(pid)[:40]!r} is not a non-negative integer"
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
         return f"check-in rows {str(rows)[:40]!r} is not a positive integer"
+    rank = info.get("lora-rank") if hasattr(info, "get") else None
+    if rank is not None and max_rank is not None:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= max_rank:
+            return f"check-in lora-rank {str(rank)[:40]!r} is not an integer in [1, model.lora.peft-lora-r={max_rank}]"
+        if same_rank and rank != max_rank:
+            return f"it trains at rank {rank}, and {same_rank} needs every node at model.lora.peft-lora-r={max_rank}"
     if pid in taken:
         return f"partition {pid} is already held by another connected node (a duplicate partition-id)"
-    return pid, rows
+    return pid, rows, rank
 
 
 def check_initial_adapter(arrays: ArrayRecord, adapter_config: Any, cfg: Config) -> str | None:
@@ -338,10 +356,12 @@ def _run(grid: Grid, cfg: Config, run_dir: RunDir) -> dict[str, Any]:
 def build_stack(cfg: Config, directory: NodeDirectory) -> Any:
     """The strategy stack of the config, told the node order and the sampling deadline; logged."""
     strategy = make_strategy(cfg.strategy, cfg.run.wire_codec, train=cfg.train, rank=cfg.adapter.r,
+                             heterogeneous=bool(cfg.adapter.ranks()),
                              **options_from(cfg.run.wire_codec, cfg.run))
     strategy.ctx.order = directory.order
     strategy.ctx.partition_of = directory.partition.get
     strategy.ctx.rows_of = directory.rows.get
+    strategy.ctx.rank_of = directory.ranks.get
     strategy.ctx.node_wait_s = cfg.strategy.node_wait_timeout
     log.info("strategy stack: %s", describe(strategy))
     c = cfg.strategy
@@ -477,7 +497,9 @@ def finish(progress: Progress, cfg: Config, run_dir: RunDir, n_params: int, t_st
 
 def _rounds(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks) -> dict[str, Any]:
     t_start = time.perf_counter()
-    directory = NodeDirectory(timeout=cfg.strategy.round_timeout)
+    same = ("strategy.secagg.mode=secagg+" if cfg.strategy.secagg_mode != "off"
+            else "model.lora.use-dora" if cfg.adapter.use_dora else "")
+    directory = NodeDirectory(timeout=cfg.strategy.round_timeout, max_rank=cfg.adapter.r, same_rank=same)
     strategy = build_stack(cfg, directory)
     strategy.ctx.save_spent = run_dir.save_spent
     progress = resume(cfg, run_dir, strategy)

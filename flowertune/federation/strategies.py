@@ -2,7 +2,7 @@
 
 From the outside in (each layer holds the next as ``self.strategy``, Flower's wrapper convention)::
 
-    Meter -> GlobalGuard -> WireCodec -> ReplyGate -> [FreezeA] -> [DirectionCheck] -> [NormBound]
+    Meter -> GlobalGuard -> WireCodec -> ReplyGate -> NodeRanks -> [FreezeA] -> [DirectionCheck] -> [NormBound]
           -> [slot: Flower's DP wrappers ...] -> [ExactProducts] -> SeededSampling -> FedAvg (Flower's)
 
 The aggregators are Flower's classes, not subclassed (``FedAvg``, ``FedProx``, ``FedAvgM``, ``FedAdam``,
@@ -44,6 +44,7 @@ from flowertune.federation.stack.codec import WireCodec
 from flowertune.federation.stack.direction import DirectionCheck
 from flowertune.federation.stack.gate import ReplyGate
 from flowertune.federation.stack.guard import GlobalGuard
+from flowertune.federation.stack.lora import NodeRanks
 from flowertune.federation.stack.meter import Meter
 from flowertune.federation.stack.normbound import NormBound
 from flowertune.federation.stack.sampling import SeededSampling
@@ -109,11 +110,13 @@ Wrap = Callable[[Strategy], Strategy]
 
 
 def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap] = (), train: TrainConfig | None = None,
-                  rank: int = 8, **codec_options: Any) -> Meter:
+                  rank: int = 8, heterogeneous: bool = False, **codec_options: Any) -> Meter:
     """The configured stack, seeded, speaking wire codec ``codec``; ``slot``: wrappers (outermost first) put
     between the gate and the sampling, where Flower's DP wrappers and robust layers go; ``train``: the nodes'
-    training config, for the record-level ledger of DP-SGD; ``rank``: the adapter's LoRA rank (the budget of
-    ``strategy.aggregation=exact``)."""
+    training config, for the record-level ledger of DP-SGD; ``rank``: the global adapter's LoRA rank (the budget
+    of ``strategy.aggregation=exact`` and of the nodes' ranks); ``heterogeneous``: ``model.lora.node-ranks`` is
+    set (the ranks layer is listed in :func:`describe`; it is in the stack either way, for nodes that declare a
+    rank in their node config)."""
     ctx = StackContext(seed=cfg.seed)
     inner: Strategy = SeededSampling(STRATEGIES.get(cfg.name)(cfg), ctx)
     lora = AGGREGATIONS.get(cfg.aggregation)  # a layer class of stack/lora.py, or None (separate)
@@ -145,6 +148,8 @@ def make_strategy(cfg: StrategyConfig, codec: str = "fp32", slot: Sequence[Wrap]
                              train.dp_sgd_delta, train.dp_sgd_target_epsilon)
     if lora is not None and lora.place == "updates":
         inner = lora(inner, ctx, rank)
+    # nodes at lower LoRA ranks (declared at check-in): a pass-through while there are none
+    inner = NodeRanks(inner, ctx, rank, listed=heterogeneous)
     inner = ReplyGate(inner, ctx, cfg.max_examples_per_node, dp_sgd=dp_sgd)
     inner = WireCodec(inner, ctx, get_codec(codec, **codec_options))
     # under DP the guard checks finiteness only: each update is clipped, and the noise (z*C/n per entry, by
@@ -158,7 +163,8 @@ AGGREGATOR_STATE = "strategy"  # the aggregator's resume state name (as run dire
 
 def describe(top: Strategy) -> str:
     """``meter -> wire(delta-int8) -> gate -> sampling(seed 7) -> FedAvg``: what ``flowertune run`` logs."""
-    return " -> ".join(s.describe() if isinstance(s, Layer) else type(s).__name__ for s in layers(top))
+    names = (s.describe() if isinstance(s, Layer) else type(s).__name__ for s in layers(top))
+    return " -> ".join(n for n in names if n)
 
 
 def export_state(top: Strategy) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

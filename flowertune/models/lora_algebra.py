@@ -37,6 +37,35 @@ def lora_pairs(keys: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def rank_of(arrays: dict[str, np.ndarray]) -> int | None:
+    """The LoRA rank of an adapter (rows of its first ``A``), None if it has no LoRA factors."""
+    return next((int(v.shape[0]) for k, v in arrays.items() if A_PART in k), None)
+
+
+def truncate(arrays: dict[str, np.ndarray], rank: int) -> dict[str, np.ndarray]:
+    """The adapter restricted to its first ``rank`` components (``A[:rank]``, ``B[:, :rank]``); other arrays as they
+    are. With ``alpha`` scaled as the rank (``config.at_rank``), the product of each module is the sum of those
+    components of the full one."""
+    out = {}
+    for k, v in arrays.items():
+        out[k] = v[:rank] if A_PART in k else v[:, :rank] if B_PART in k else v
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def pad(node: dict[str, np.ndarray], glob: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A node's lower-rank adapter at the global's rank: its own components first, then the global's remaining
+    ones unchanged, so its *update* is zero in the components it did not train (zero-padding of the update)."""
+    out = {}
+    for k, g in glob.items():
+        v = node[k]
+        if A_PART in k and v.shape[0] < g.shape[0]:
+            v = np.concatenate([v, g[v.shape[0]:]], axis=0)
+        elif B_PART in k and v.shape[1] < g.shape[1]:
+            v = np.concatenate([v, g[:, v.shape[1]:]], axis=1)
+        out[k] = np.ascontiguousarray(v, dtype=np.float32)
+    return out
+
+
 def fp16_exact(a: np.ndarray) -> np.ndarray:
     """``a`` rounded to the nearest fp16 value, kept as fp32: a frozen ``A`` the lossy codecs' first (fp16)
     downlink reproduces bit for bit, so no node ever holds a different copy of it."""

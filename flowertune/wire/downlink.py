@@ -75,6 +75,9 @@ class Downlink:
     def payload_for(self, node: int, global_arrays: Arrays, version: int) -> tuple[Arrays, int | None]:
         """``(payload, version it is a delta against, or None for full)`` bringing ``node`` to ``version``."""
         copy = self.copies.get(node) if self.codec.is_delta else None
+        if copy is not None and (copy.arrays.keys() != global_arrays.keys()
+                                 or any(copy.arrays[k].shape != v.shape for k, v in global_arrays.items())):
+            copy = None  # the node holds other shapes (its LoRA rank changed): a full payload
         if copy is None:
             payload = encode_full(self.codec, global_arrays)
             arrays, base = decode_full(payload), None

@@ -3,7 +3,8 @@ the members' reports, TensorBoard events, run logs and a submission folder, read
 
 A member is a plain ``flowertune run`` (2 rounds x 2 clients, fp32 wire): its run directory, byte counts,
 resident model, memory figures and final adapter are checked here too (one Flower run, several checks). The
-other member aggregates the exact products (``strategy.aggregation=exact``): its final adapter is checked too."""
+other member trains three nodes at LoRA ranks 4/8/16 under a rank-16 global and aggregates the exact products
+(``strategy.aggregation=exact``): its bytes and saved adapters are checked too."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def sweep_file(path: Path, model: Path, data: Path) -> Path:
     common.update({"run.metric-sinks": '"tensorboard"', "run.progress-every-s": "1.0",
                    "num-supernodes": "2"})
     lines = ['suite = "finance"', "limit = 2", "", "[config]", *(f'"{k}" = {v}' for k, v in common.items()), "",
-             "[members.r4]", '"model.lora.peft-lora-r" = 4', "", "[members.r8]", '"model.lora.peft-lora-r" = 8', '"strategy.aggregation" = "exact"', ""]
+             "[members.r4]", '"model.lora.peft-lora-r" = 4', "", "[members.het]", '"model.lora.peft-lora-r" = 16', '"model.lora.node-ranks" = "4,8,16"',
+             '"strategy.aggregation" = "exact"', '"num-supernodes" = 3', ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -52,7 +54,7 @@ def sweep(tmp_path_factory, tiny_model_dir, tiny_data_file):
                              start_new_session=True)
     try:
         deadline = time.monotonic() + 900
-        while not ((out / "r4/eval/results.json").is_file() and (out / "r8").exists()):
+        while not ((out / "r4/eval/results.json").is_file() and (out / "het").exists()):
             assert first.poll() is None, first.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "the first member did not finish in 15 min"
             time.sleep(0.5)
@@ -72,18 +74,18 @@ def sweep(tmp_path_factory, tiny_model_dir, tiny_data_file):
 
 def test_rerun_skips_the_finished_member_and_finishes_the_other(sweep) -> None:
     out, first_out, again = sweep
-    assert "[1/2] r4: training" in first_out and "[2/2] r8" in first_out
+    assert "[1/2] r4: training" in first_out and "[2/2] het" in first_out
     assert "[1/2] r4: finished and evaluated already, skipped" in again.stdout
     assert "[1/2] r4: training" not in again.stdout
-    assert (out / "r8/final_adapter/adapter_config.json").is_file()
+    assert (out / "het/final_adapter/adapter_config.json").is_file()
     assert [r["round"] for r in read_metrics(out / "r4")] == [0, 1, 2]  # trained once, never redone
-    assert read_config(out / "r8")["model.lora.peft-lora-r"] == 8
+    assert read_config(out / "het")["model.lora.peft-lora-r"] == 16
 
 
 def test_one_table_with_both_members(sweep) -> None:
     out, _, _ = sweep
     rows = list(csv.DictReader((out / "sweep.csv").open()))
-    assert [r["member"] for r in rows] == ["r4", "r8"] and all(r["status"] == "done" for r in rows)
+    assert [r["member"] for r in rows] == ["r4", "het"] and all(r["status"] == "done" for r in rows)
     md = (out / "sweep.md").read_text()
     for r in rows:
         results = json.loads((out / r["member"] / "eval/results.json").read_text())
@@ -213,24 +215,37 @@ def test_final_adapter_loads_with_peft_and_differs_from_round_1(sweep, tiny_mode
     assert torch.isfinite(logits[1]).all() and not torch.allclose(logits[0], logits[1])
 
 
-def test_the_exact_products_member_saves_a_reprojected_standard_adapter(sweep, tiny_model_dir) -> None:
-    """``strategy.aggregation=exact`` through Flower's runtime: the stack says so, and every saved global is the SVD
-    re-projection (A's rows orthonormal, which no average of two seeded-init A's is), at rank 8, loading with PEFT."""
+def test_the_heterogeneous_rank_member_trains_ranks_4_8_16_and_saves_a_rank_16_standard_adapter(sweep,
+                                                                                               tiny_model_dir) -> None:
+    """Three nodes at ranks 4/8/16 under a rank-16 global, ``strategy.aggregation=exact``, through Flower's
+    runtime: each node's uplink is the fp32 size of the global truncated to its rank (nothing else fits); every
+    saved global is the SVD re-projection at rank 16 (A's rows orthonormal, which no average of seeded-init A's
+    is) and loads with PEFT."""
     import torch
     from peft import PeftModel
     from safetensors.numpy import load_file
     from transformers import AutoModelForCausalLM
 
-    run = sweep[0] / "r8"
+    from flowertune.models.lora_algebra import truncate
+    from flowertune.wire import payload_bytes
+
+    run = sweep[0] / "het"
     assert read_config(run)["strategy.aggregation"] == "exact"
-    assert "exact(mean of B·A, SVD to r=8)" in (run / "run.log").read_text()
+    log = (run / "run.log").read_text()
+    assert "ranks(<= 16: truncated down, padded up)" in log and "exact(mean of B·A, SVD to r=16)" in log
+    assert "trains at LoRA rank 4 of the global's 16" in log and "trains at LoRA rank 8 of the global's 16" in log
+    final = load_file(str(run / "final_adapter" / "adapter_model.safetensors"))
+    rows = read_metrics(run)[1:]
+    assert rows and all(r["clients"] == r["replies"] == 3 and r["rejected"] == [] for r in rows)
+    assert [r["bytes_up"] for r in rows] == [sum(payload_bytes(truncate(final, r)) for r in (4, 8, 16))] * len(rows)
     for d in ("checkpoints/round-1", "final_adapter"):
         arrays = load_file(str(run / d / "adapter_model.safetensors"))
         a_keys = [k for k in arrays if ".lora_A." in k]
-        assert a_keys and all(arrays[k].shape[0] == 8 for k in a_keys)
+        assert a_keys and all(arrays[k].shape[0] == 16 for k in a_keys)
         for k in a_keys:
             a = arrays[k].astype(np.float64)
-            np.testing.assert_allclose(a @ a.T, np.eye(8), atol=1e-4, err_msg=f"{d} {k}")
+            np.testing.assert_allclose(a @ a.T, np.eye(16), atol=1e-4, err_msg=f"{d} {k}")
+        assert json.loads((run / d / "adapter_config.json").read_text())["r"] == 16
         m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run / d).eval()
         with torch.no_grad():
             assert torch.isfinite(m(input_ids=torch.randint(0, 300, (1, 10))).logits).all()

@@ -20,7 +20,7 @@ from flowertune.config import ConfigError, StrategyConfig, resolve
 from flowertune.federation import wire_client
 from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.strategies import describe, make_strategy
-from flowertune.models.lora_algebra import exact_mean, fp16_exact, lora_pairs
+from flowertune.models.lora_algebra import exact_mean, fp16_exact, lora_pairs, pad, truncate
 from tests.unit.test_strategy_parity import NODES, SHAPES, FakeGrid, task_identity  # noqa: F401  (fixture)
 
 A0, B0 = "m.0.q_proj.lora_A.weight", "m.0.q_proj.lora_B.weight"
@@ -215,3 +215,128 @@ def test_combinations_that_cannot_work_are_refused_at_resolution(overrides, prob
 ])
 def test_combinations_that_work_resolve(overrides):
     assert resolve(overrides).strategy.aggregation == overrides["strategy.aggregation"]
+
+
+# -- heterogeneous ranks ------------------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 6), st.integers(0, 2**31))
+def test_truncate_then_pad_round_trips_and_pads_with_the_global_tail(r, extra, seed):
+    rng = np.random.default_rng(seed)
+    big = r + extra
+    g = {A0: rng.standard_normal((big, 9)).astype(np.float32), B0: rng.standard_normal((7, big)).astype(np.float32),
+         "m.0.bias": rng.standard_normal(7).astype(np.float32)}
+    t = truncate(g, r)
+    assert t[A0].shape == (r, 9) and t[B0].shape == (7, r) and np.array_equal(t["m.0.bias"], g["m.0.bias"])
+    assert all(np.array_equal(pad(t, g)[k], g[k]) for k in g)
+    trained = {k: v + 1.0 for k, v in t.items()}
+    p = pad(trained, g)
+    assert np.array_equal(p[A0][:r], trained[A0]) and np.array_equal(p[A0][r:], g[A0][r:])
+    assert np.array_equal(p[B0][:, :r], trained[B0]) and np.array_equal(p[B0][:, r:], g[B0][:, r:])
+
+
+def test_a_node_rank_comes_from_its_node_config_else_its_partition_and_is_bounded():
+    from flowertune.config import AdapterConfig, at_rank, node_rank
+
+    a = AdapterConfig(r=16, alpha=32, node_ranks="4,8,16")
+    assert [node_rank(a, p, {}) for p in range(5)] == [4, 8, 16, 4, 8]
+    assert node_rank(a, 0, {"lora-rank": 12}) == 12 and node_rank(AdapterConfig(r=8), 3, {}) == 8
+    for bad in (0, 17, "4", True):
+        with pytest.raises(ConfigError, match="lora-rank|must be in"):
+            node_rank(a, 0, {"lora-rank": bad})
+    cfg = resolve({"model.lora.peft-lora-r": 16, "model.lora.peft-lora-alpha": 32, "model.lora.node-ranks": "4,8,16"})
+    small = at_rank(cfg, 4)
+    assert small.adapter.r == 4 and small.adapter.alpha / small.adapter.r == 32 / 16  # the same scaling
+    assert at_rank(cfg, 16) is cfg
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"model.lora.node-ranks": "4,x"}, "must be comma-separated integers"),
+    ({"model.lora.node-ranks": "4,16"}, "every rank must be in [1, model.lora.peft-lora-r=8]"),
+    ({"model.lora.node-ranks": "0,8"}, "every rank must be in [1, model.lora.peft-lora-r=8]"),
+    ({"model.lora.node-ranks": "4,8", "model.lora.use-dora": True}, "use plain LoRA"),
+    ({"model.lora.node-ranks": "4,8", "strategy.secagg.mode": "secagg+", "wire.codec": "fp32"},
+     "SecAgg+ sums vectors of one length"),
+])
+def test_heterogeneous_ranks_that_cannot_work_are_refused(overrides, problem):
+    with pytest.raises(ConfigError) as exc:
+        resolve(overrides)
+    assert problem in str(exc.value)
+
+
+def test_check_in_takes_a_rank_up_to_the_global_and_refuses_others():
+    from flowertune.federation.server_loop import check_in
+    from tests.unit.test_trust import _info
+
+    info = {"partition-id": 1, "rows": 40}
+    assert check_in(_info(**info, **{"lora-rank": 4}), set(), 8) == (1, 40, 4)
+    assert "not an integer in [1, model.lora.peft-lora-r=8]" in check_in(_info(**info, **{"lora-rank": 9}), set(), 8)
+    assert "needs every node at model.lora.peft-lora-r=8" in check_in(_info(**info, **{"lora-rank": 4}), set(), 8,
+                                                                      "strategy.secagg.mode=secagg+")
+
+
+RANKS = dict(zip(NODES, (2, 4, 8, 8)))
+
+
+def het_reply(msg: Message, context: Context, rnd: int, log: list, answer_rank: int = 0) -> Message:
+    codec = wire_client.codec_of(msg)
+    got = wire_client.receive(msg, context, codec)
+    rng = np.random.default_rng(100 * context.node_id + rnd)
+    trained = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in got.items()}
+    if answer_rank:  # a node answering at another rank than it was sent
+        trained = truncate({k: np.zeros((8, s[1]) if "lora_A" in k else (s[0], 8), np.float32)
+                            for k, s in SHAPES.items()}, answer_rank)
+        payload = to_array_record(trained)
+    else:
+        payload = wire_client.send(codec, trained, got, context)
+    n = int(rng.integers(5, 50))
+    log.append({"node": context.node_id, "got": got, "trained": trained, "n": n})
+    return Message(RecordDict({"arrays": payload, "metrics": MetricRecord({"num-examples": n, "train_loss": 1.0})}),
+                   reply_to=msg)
+
+
+@pytest.mark.parametrize("codec", ["fp32", "delta-int8"])
+def test_each_node_gets_the_global_at_its_rank_and_exact_aggregates_the_padded_products(codec):
+    """Ranks 2/4/8/8 under a global of rank 8 (SHAPES' rank is 4: the global here is built at 8)."""
+    rng = np.random.default_rng(5)
+    g = {k: (rng.standard_normal((8, s[1])) if "lora_A" in k else rng.standard_normal((s[0], 8)) * 0.1)
+         .astype(np.float32) for k, s in SHAPES.items()}
+    s = make_strategy(quiet(name="fedavg", aggregation="exact"), codec, rank=8, heterogeneous=True)
+    s.ctx.rank_of = RANKS.get
+    assert "ranks(<= 8: truncated down, padded up)" in describe(s)
+    ctx = contexts()
+    for rnd in (1, 2):
+        log: list = []
+        msgs = list(s.configure_train(rnd, to_array_record(g), ConfigRecord({"server-round": rnd}), FakeGrid()))
+        replies = [het_reply(m, ctx[m.metadata.dst_node_id], rnd, log) for m in msgs]
+        for e in log:  # the node decoded the global truncated to its rank (fp16 first contact with delta-int8)
+            want = truncate(g, RANKS[e["node"]])
+            assert {k: v.shape for k, v in e["got"].items()} == {k: v.shape for k, v in want.items()}
+            tol = 0 if codec == "fp32" else 2e-2
+            assert all(np.abs(e["got"][k] - want[k]).max() <= tol * max(1, np.abs(want[k]).max()) for k in want)
+        agg, _ = s.aggregate_train(rnd, replies)
+        assert s.traffic.accepted == 4 and s.traffic.rejected == []
+        out = from_array_record(agg)
+        w = [e["n"] for e in log]
+        for a_key, b_key in lora_pairs(SHAPES):
+            if codec == "fp32":  # the padded products' mean, exactly (decoded uplinks are the trained arrays)
+                padded = [pad(e["trained"], g) for e in log]
+                m = dense_mean([(p[b_key], p[a_key]) for p in padded], w)
+                np.testing.assert_allclose(out[b_key].astype(np.float64) @ out[a_key], truncated(m, 8), atol=1e-5)
+            assert out[a_key].shape == (8, SHAPES[a_key][1]) and out[b_key].shape == (SHAPES[b_key][0], 8)
+        g = out
+
+
+def test_a_reply_at_another_rank_than_the_node_was_sent_is_rejected():
+    """Node 101 is sent rank 2: its rank-4 answer is over the payload it can take (wire layer), its rank-1 answer
+    has the wrong shapes (the decoder; the gate checks them again); the others' rounds go on."""
+    for answer, why in ((4, "payload of 4704 bytes, more than the 4064 the adapter can take"),
+                        (1, "has shape (1, 64), the reference has (2, 64)")):
+        s = make_strategy(quiet(name="fedavg"), "fp32", rank=4, heterogeneous=True)
+        s.ctx.rank_of = {NODES[0]: 2}.get
+        ctx, log = contexts(), []
+        msgs = list(s.configure_train(1, to_array_record(initial()), ConfigRecord({"server-round": 1}), FakeGrid()))
+        replies = [het_reply(m, ctx[m.metadata.dst_node_id], 1, log,
+                             answer_rank=answer if m.metadata.dst_node_id == NODES[0] else 0) for m in msgs]
+        s.aggregate_train(1, replies)
+        assert s.traffic.accepted == 3 and len(s.traffic.rejected) == 1
+        assert s.traffic.rejected[0].startswith(f"node {NODES[0]}: ") and why in s.traffic.rejected[0], answer

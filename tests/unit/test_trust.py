@@ -355,7 +355,7 @@ def _info(**values) -> Message:
 
 
 def test_check_in_refuses_garbage_and_duplicates_with_a_reason():
-    assert check_in(_info(**{"partition-id": 3, "rows": 40}), set()) == (3, 40)
+    assert check_in(_info(**{"partition-id": 3, "rows": 40}), set()) == (3, 40, None)
     assert "no reply" in check_in(None, set())
     assert "duplicate" in check_in(_info(**{"partition-id": 3, "rows": 40}), {3})
     assert "not a non-negative integer" in check_in(_info(**{"partition-id": "x", "rows": 4}), set())

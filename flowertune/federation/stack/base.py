@@ -52,6 +52,7 @@ class StackContext:
     order: Callable[[Iterable[int]], list[int]] = _partition_order  # usable nodes in sampling order
     partition_of: Callable[[int], int | None] = lambda node: None  # a node's partition (resume state key)
     rows_of: Callable[[int], int | None] = lambda node: None  # training rows a node declared at check-in
+    rank_of: Callable[[int], int | None] = lambda node: None  # LoRA rank a node declared (None: the global's)
     node_wait_s: float = float("inf")  # how long Flower's sampling may wait for nodes
     attempt: int = 0  # > 0 when a round is resampled after too few usable updates
     traffic: RoundTraffic = field(default_factory=RoundTraffic)

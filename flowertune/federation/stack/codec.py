@@ -37,6 +37,7 @@ class WireCodec(Layer):
         self.downlink = Downlink(codec)  # per node: the adapter copy it holds (delta codecs)
         self.unclaimed: dict[int, NodeCopy] = {}  # by partition: restored copies of nodes not back yet
         self._global: dict[str, np.ndarray] = {}
+        self._sent: dict[int, dict[str, np.ndarray]] = {}  # nodes sent other arrays than the global (lower ranks)
 
     def describe(self) -> str:
         options = ", ".join(f"{k}={v}" for k, v in self.codec.options().items())
@@ -52,21 +53,27 @@ class WireCodec(Layer):
                         grid: Grid) -> Iterable[Message]:
         msgs = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._global = from_array_record(arrays)
+        self._sent = {}
         out = []
         for m in msgs:
             node = m.metadata.dst_node_id
             self._claim(node)
-            payload, base = self.downlink.payload_for(node, self._global, server_round)
+            # what the layers below put in this node's message: the global, or its truncation to the node's rank
+            own = m.content.array_records.get("arrays") if m.has_content() else None
+            if own is not None and own is not arrays:
+                self._sent[node] = from_array_record(own)
+            payload, base = self.downlink.payload_for(node, self._sent.get(node, self._global), server_round)
             config = ConfigRecord(dict(m.content["config"]))
             config.update(WireHeader.of(self.codec, server_round, base).to_config())
             out.append(Message(RecordDict({"arrays": to_array_record(payload), "config": config}), dst_node_id=node,
                                message_type=MessageType.TRAIN))
         return out
 
-    def max_payload_bytes(self) -> int:
-        """The most bytes a well-formed reply's payload can take: the whole adapter in fp32, plus the ``.npy``
-        headers and names of up to three parts per tensor (every codec's payload is smaller than fp32)."""
-        return sum(4 * a.size + 3 * (_NPY_HEADER + len(k) + 16) for k, a in self._global.items())
+    def max_payload_bytes(self, node: int | None = None) -> int:
+        """The most bytes a well-formed reply's payload can take: the whole adapter (as sent to ``node``) in fp32,
+        plus the ``.npy`` headers and names of up to three parts per tensor (every codec's payload is smaller)."""
+        sent = self._sent.get(node, self._global) if node is not None else self._global
+        return sum(4 * a.size + 3 * (_NPY_HEADER + len(k) + 16) for k, a in sent.items())
 
     def decode(self, msg: Message) -> str | None:
         """Replace the reply's payload by full fp32 arrays; the reason when it cannot be decoded. Never raises."""
@@ -75,10 +82,12 @@ class WireCodec(Layer):
         try:
             if not len(msg.content.array_records["arrays"]):
                 return "empty payload (a trained adapter always changes)"
-            size = sum(rec.count_bytes() for rec in msg.content.array_records.values())
-            if size > self.max_payload_bytes():
-                return f"payload of {size} bytes, more than the {self.max_payload_bytes()} the adapter can take"
-            arrays = self.codec.decode(from_array_record(msg.content.array_records["arrays"]), self._global)
+            node = msg.metadata.src_node_id
+            size, most = sum(rec.count_bytes() for rec in msg.content.array_records.values()), self.max_payload_bytes(node)
+            if size > most:
+                return f"payload of {size} bytes, more than the {most} the adapter can take"
+            arrays = self.codec.decode(from_array_record(msg.content.array_records["arrays"]),
+                                       self._sent.get(node, self._global))
         except (ValueError, KeyError) as exc:
             return f"cannot decode the {self.codec.name} update: {str(exc)[:200]}"
         except Exception as exc:  # noqa: BLE001  (a hostile payload must not stop the round)

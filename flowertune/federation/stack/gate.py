@@ -1,7 +1,7 @@
 """The reply gate: only well-formed updates reach aggregation, in a fixed order; the round goes on without the rest.
 
-It never raises. A reply is aggregated when it carries exactly one ``arrays`` record with the global adapter's
-keys and shapes and finite values (not empty), and exactly one ``metrics`` record whose values are finite
+It never raises. A reply is aggregated when it carries exactly one ``arrays`` record with the keys and shapes
+the node was sent (the global adapter's, or its truncation for a node at a lower LoRA rank) and finite values (not empty), and exactly one ``metrics`` record whose values are finite
 numbers: ``num-examples`` (> 0, capped at the rows the node declared at check-in and at
 ``strategy.max-examples-per-node``) and ``train_loss`` are required (under DP-SGD the schema is
 :data:`DP_SGD_METRICS`: the nodes keep their loss, speed and memory); the optional keys of :data:`TRAIN_METRICS`
@@ -109,11 +109,17 @@ class ReplyGate(Layer):
         # under DP-SGD the schema leaves out what the nodes keep (a node that sends it gets a note)
         self.schema, self.required = train_schema(dp_sgd)
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._node_shapes: dict[int, dict[str, tuple[int, ...]]] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._shapes = {k: tuple(a.shape) for k, a in arrays.items()}
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        msgs = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        # a node at a lower LoRA rank (stack/lora.py:NodeRanks) was sent, and must return, its own shapes
+        self._node_shapes = {m.metadata.dst_node_id: {k: tuple(a.shape) for k, a in m.content["arrays"].items()}
+                             for m in msgs if m.has_content() and m.content.array_records.get("arrays") is not arrays
+                             and "arrays" in m.content.array_records}
+        return msgs
 
     def cap(self, node: int) -> float | None:
         caps = [c for c in (self.ctx.rows_of(node), self.max_examples or None) if c is not None]
@@ -133,7 +139,7 @@ class ReplyGate(Layer):
             raise Rejected("empty payload (no adapter arrays)")
         arrays = {k: v.numpy() for k, v in record.items()}
         try:
-            check_arrays(arrays, self._shapes)
+            check_arrays(arrays, self._node_shapes.get(msg.metadata.src_node_id, self._shapes))
         except AdapterUpdateError as exc:
             raise Rejected(str(exc)) from None
         if any(a.dtype != np.float32 for a in arrays.values()):

@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 
 from flowertune.federation.records import from_array_record, to_array_record
 from flowertune.federation.stack.base import Layer, StackContext
-from flowertune.models.lora_algebra import exact_mean, is_lora_a, lora_pairs
+from flowertune.models.lora_algebra import exact_mean, is_lora_a, lora_pairs, pad, truncate
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +104,59 @@ class ExactProducts(Layer):
             out[b_key], out[a_key] = exact_mean([(d[b_key], d[a_key]) for d in decoded], weights, self.rank,
                                                 previous_a=self._a.get(a_key))
         return to_array_record(out), metrics
+
+
+class NodeRanks(Layer):
+    """Heterogeneous ranks (``model.lora.node-ranks``, or a SuperNode's ``--node-config lora-rank=N``): each node
+    gets the global truncated to the rank it declared at check-in (the first components: after an ``exact``
+    round these are the largest singular directions), and its reply is padded back to the global's rank with
+    the global's own remaining components (its update is zero where it did not train). Everything below sees
+    global-rank arrays; the wire layer and the gate above see each node's own shapes. A pass-through while
+    every node trains at the global's rank."""
+
+    name = "ranks"
+    place = "updates"
+
+    def __init__(self, strategy: object, ctx: StackContext, rank: int, listed: bool = True) -> None:
+        super().__init__(strategy, ctx)
+        self.rank, self.listed = rank, listed
+        self._global: dict[str, np.ndarray] = {}
+
+    def describe(self) -> str:
+        return f"ranks(<= {self.rank}: truncated down, padded up)" if self.listed else ""
+
+    def _lower(self, node: int) -> int | None:
+        r = self.ctx.rank_of(node)
+        return r if r is not None and r < self.rank else None
+
+    def _truncate(self, msgs: Iterable[Message], arrays: ArrayRecord) -> list[Message]:
+        msgs = list(msgs)
+        if not any(self._lower(m.metadata.dst_node_id) for m in msgs):
+            return msgs
+        glob = from_array_record(arrays)
+        for m in msgs:
+            r = self._lower(m.metadata.dst_node_id)
+            if r is not None and m.has_content() and "arrays" in m.content.array_records:
+                m.content = RecordDict({**m.content.config_records, **m.content.metric_records,
+                                        "arrays": to_array_record(truncate(glob, r))})
+        return msgs
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._global = {}
+        msgs = self._truncate(self.strategy.configure_train(server_round, arrays, config, grid), arrays)
+        if any(self._lower(m.metadata.dst_node_id) for m in msgs):
+            self._global = from_array_record(arrays)
+        return msgs
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self._truncate(self.strategy.configure_evaluate(server_round, arrays, config, grid), arrays)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        for msg in replies:
+            if self._global and self._lower(msg.metadata.src_node_id):
+                _with_arrays(msg, pad(from_array_record(msg.content["arrays"]), self._global))
+        return self.strategy.aggregate_train(server_round, replies)
