@@ -48,19 +48,26 @@ def runtime(cfg: Config) -> Runtime:
     global MODEL_LOADS
     key = (cfg.model, cfg.adapter, cfg.train.seed)
     if key not in _RUNTIMES:
+        (old_key, old), = _RUNTIMES.items() if _RUNTIMES else ((None, None),)
         _RUNTIMES.clear()  # one model per process: a new config replaces the old one
-        tokenizer = load_tokenizer(cfg.model)
-        base = load_model(cfg.model)
-        if cfg.model.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            base.config.use_cache = False
-        if cfg.model.quantization:
-            from peft import prepare_model_for_kbit_training
+        if old is not None and old_key[0] == cfg.model:
+            # the same base, another adapter (a node at another LoRA rank served by this process: Flower's
+            # simulation actors take any node): PEFT takes its LoRA layers out again, the weights stay loaded
+            tokenizer, base = old.tokenizer, old.model.unload()
+        else:
+            tokenizer = load_tokenizer(cfg.model)
+            base = load_model(cfg.model)
+            if cfg.model.gradient_checkpointing:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                base.config.use_cache = False
+            if cfg.model.quantization:
+                from peft import prepare_model_for_kbit_training
 
-            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
+                base = prepare_model_for_kbit_training(base,
+                                                       use_gradient_checkpointing=cfg.model.gradient_checkpointing)
+            MODEL_LOADS += 1
         model = prepare_for_training(attach_adapter(base, cfg.adapter, cfg.model, seed=cfg.train.seed),
                                      cfg.model.dtype, cfg.model.attn_implementation)
-        MODEL_LOADS += 1
         _RUNTIMES[key] = Runtime(model, tokenizer, tokenizer.pad_token_id)
     return _RUNTIMES[key]
 

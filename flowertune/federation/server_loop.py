@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -146,9 +147,11 @@ def check_in(reply: Message | None, taken: set[int], max_rank: int | None = None
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
         return f"check-in rows {str(rows)[:40]!r} is not a positive integer"
     rank = info.get("lora-rank") if hasattr(info, "get") else None
-    if rank is not None and max_rank is not None:
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= max_rank:
-            return f"check-in lora-rank {str(rank)[:40]!r} is not an integer in [1, model.lora.peft-lora-r={max_rank}]"
+    if rank is not None:
+        top = max_rank if max_rank is not None else math.inf
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= top:
+            return (f"check-in lora-rank {str(rank)[:40]!r} is not an integer in [1, "
+                    f"model.lora.peft-lora-r={max_rank}]")
         if same_rank and rank != max_rank:
             return f"it trains at rank {rank}, and {same_rank} needs every node at model.lora.peft-lora-r={max_rank}"
     if pid in taken:

@@ -75,6 +75,11 @@ def receive(msg: Message, context: Context, codec: Codec, store: WireStore | Non
     held = from_array_record(context.state.array_records[HELD]) if HELD in context.state.array_records else None
     held_version = int(context.state.config_records[META]["version"]) if META in context.state.config_records else None
     arrays = decode_broadcast(codec, from_array_record(msg.content["arrays"]), header.base, held_version, held)
+    if RESIDUAL in context.state.array_records:  # a node whose LoRA rank changed: its old residual does not fit
+        residual = from_array_record(context.state.array_records[RESIDUAL])
+        fits = {k: v for k, v in residual.items() if k in arrays and v.shape == arrays[k].shape}
+        if len(fits) != len(residual):
+            context.state[RESIDUAL] = to_array_record(fits)
     context.state[HELD] = to_array_record(arrays)
     context.state[META] = ConfigRecord({"version": header.version})
     return arrays

@@ -56,7 +56,7 @@ def freeze_lora_a(model: Any, frozen: bool) -> None:
     """``strategy.aggregation=freeze-a``: the LoRA ``A`` factors take no gradient (set per round: the resident
     model outlives a config)."""
     for name, p in model.named_parameters():
-        if ".lora_A." in name:
+        if ".lora_A." in name or ".lora_embedding_A." in name:
             p.requires_grad_(not frozen)
 
 

@@ -17,10 +17,20 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 A_PART, B_PART = ".lora_A.", ".lora_B."
+EMB_A, EMB_B = ".lora_embedding_A", ".lora_embedding_B"  # LoRA on an embedding: A is r x vocab, B is dim x r
 
 
 def is_lora_a(key: str) -> bool:
-    return A_PART in key
+    return A_PART in key or key.endswith(EMB_A)
+
+
+def is_lora_b(key: str) -> bool:
+    return B_PART in key or key.endswith(EMB_B)
+
+
+def partner(a_key: str) -> str:
+    """The ``B`` key of an ``A`` key."""
+    return a_key.replace(A_PART, B_PART) if A_PART in a_key else a_key[: -len(EMB_A)] + EMB_B
 
 
 def lora_pairs(keys: Iterable[str]) -> list[tuple[str, str]]:
@@ -29,17 +39,17 @@ def lora_pairs(keys: Iterable[str]) -> list[tuple[str, str]]:
     present = set(keys)
     pairs = []
     for k in keys:
-        if A_PART in k:
-            b = k.replace(A_PART, B_PART)
+        if is_lora_a(k):
+            b = partner(k)
             if b not in present:
-                raise ValueError(f"adapter array {k!r} has no {B_PART.strip('.')} partner {b!r}")
+                raise ValueError(f"adapter array {k!r} has no B partner {b!r}")
             pairs.append((k, b))
     return pairs
 
 
 def rank_of(arrays: dict[str, np.ndarray]) -> int | None:
     """The LoRA rank of an adapter (rows of its first ``A``), None if it has no LoRA factors."""
-    return next((int(v.shape[0]) for k, v in arrays.items() if A_PART in k), None)
+    return next((int(v.shape[0]) for k, v in arrays.items() if is_lora_a(k)), None)
 
 
 def truncate(arrays: dict[str, np.ndarray], rank: int) -> dict[str, np.ndarray]:
@@ -48,7 +58,7 @@ def truncate(arrays: dict[str, np.ndarray], rank: int) -> dict[str, np.ndarray]:
     components of the full one."""
     out = {}
     for k, v in arrays.items():
-        out[k] = v[:rank] if A_PART in k else v[:, :rank] if B_PART in k else v
+        out[k] = v[:rank] if is_lora_a(k) else v[:, :rank] if is_lora_b(k) else v
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
@@ -58,9 +68,9 @@ def pad(node: dict[str, np.ndarray], glob: dict[str, np.ndarray]) -> dict[str, n
     out = {}
     for k, g in glob.items():
         v = node[k]
-        if A_PART in k and v.shape[0] < g.shape[0]:
+        if is_lora_a(k) and v.shape[0] < g.shape[0]:
             v = np.concatenate([v, g[v.shape[0]:]], axis=0)
-        elif B_PART in k and v.shape[1] < g.shape[1]:
+        elif is_lora_b(k) and v.shape[1] < g.shape[1]:
             v = np.concatenate([v, g[:, v.shape[1]:]], axis=1)
         out[k] = np.ascontiguousarray(v, dtype=np.float32)
     return out
@@ -77,10 +87,11 @@ def exact_mean(factors: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequen
     """``(B, A)`` of rank ``rank`` whose product is the best rank-``rank`` approximation of the weighted mean
     of the products ``B_i A_i`` (``factors``: ``(B_i, A_i)``, any ranks; ``weights`` normalised here).
 
-    The singular values go into ``B`` (``B = U S``, ``A = Vᵀ``: ``A``'s rows are orthonormal, at the scale
-    of a freshly initialised LoRA ``A``, so the next round's gradients keep their size). Each component's
-    sign is chosen so that its ``A`` row points the way of ``previous_a``'s (the global before the round):
-    the adapter moves no more between rounds than its product does, and delta codecs send small deltas.
+    The singular values go into ``B`` (``B = U S / c``, ``A = c Vᵀ``: ``A``'s rows are orthogonal, of norm
+    ``c`` = the root-mean-square row norm of ``previous_a`` (the global before the round; 1 without it), so
+    ``A`` keeps the scale it had -- a freshly initialised LoRA ``A`` included -- and the next round's gradients
+    theirs). Each component's sign is chosen so that its ``A`` row points the way of ``previous_a``'s: the
+    adapter moves no more between rounds than its product does, and delta codecs send small deltas.
     If the stacked rank is below ``rank``, the missing rows of ``A`` are orthonormal completions with zero
     ``B`` columns (a product of zero, and a direction the next round can still train).
     """
@@ -113,5 +124,9 @@ def exact_mean(factors: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequen
             flip = np.einsum("ij,ij->i", a_new, prev) < 0
             a_new[flip] *= -1
             b_new[:, flip] *= -1
+        c = float(np.sqrt(np.mean(np.sum(prev * prev, axis=1))))
+        if np.isfinite(c) and c > 0:
+            a_new *= c
+            b_new /= c
     return b_new.astype(np.float32), a_new.astype(np.float32)
 

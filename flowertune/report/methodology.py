@@ -37,6 +37,15 @@ def strategy_line(c: Mapping[str, Any]) -> str:
     return f"`{title}`"
 
 
+_AGGREGATIONS = {"freeze-a": "A frozen at its initialisation, only B trained and averaged (`freeze-a`)",
+                 "exact": "the weighted mean of the nodes' products B·A, re-projected onto the rank by SVD (`exact`)"}
+
+
+def aggregation_line(c: Mapping[str, Any]) -> str:
+    """How the LoRA factors were combined ('' for FedAvg of A and B: the strategy line says it all)."""
+    return _AGGREGATIONS.get(str(c.get("strategy.aggregation", "separate")), "")
+
+
 def partition_line(c: Mapping[str, Any]) -> str:
     if c["data.partitioner"] == "dirichlet":
         return (f"non-IID: Dirichlet(alpha={c['data.dirichlet-alpha']}) over `{c['data.partition-by']}`")
@@ -67,7 +76,9 @@ def methodology(c: Mapping[str, Any]) -> list[str]:
         f"`{c['train.training-arguments.weight-decay']}`, gradient clipping "
         f"`{c['train.training-arguments.max-grad-norm']}`)"),
         f"- **{adapter} Configuration**:",
-        f"  - Rank (r): `{c['model.lora.peft-lora-r']}`",
+        f"  - Rank (r): `{c['model.lora.peft-lora-r']}`" + (
+            f" (the global adapter's; nodes train at ranks `{c['model.lora.node-ranks']}` by partition, each "
+            "getting the global truncated to its rank)" if str(c.get("model.lora.node-ranks", "")).strip() else ""),
         f"  - Alpha: `{c['model.lora.peft-lora-alpha']}`",
         f"  - Dropout: `{c['model.lora.peft-lora-dropout']}`",
         "  - Target Modules: " + (", ".join(f"`{t}`" for t in targets) if targets else "PEFT's default"),
@@ -84,7 +95,7 @@ def methodology(c: Mapping[str, Any]) -> list[str]:
         f"    - Minimum LR: `{c['train.learning-rate-min']}`",
         (f"  - {str(c['train.training-arguments.lr-scheduler-type']).capitalize()} learning rate scheduler over "
         f"steps (warmup `{c['train.training-arguments.warmup-steps']}` steps)"),
-        f"- **Strategy**: {strategy_line(c)}",
+        f"- **Strategy**: {strategy_line(c)}" + (f"; LoRA factors: {aggregation_line(c)}" if aggregation_line(c) else ""),
         (f"- **Data**: `{c['static.dataset.name']}`, format `{c['data.format']}`, prompt frame "
         f"`{c['data.prompt-frame']}`, {partition_line(c)} over {c['num-supernodes']} SuperNodes"),
         f"- **Wire encoding**: `{c['wire.codec']}`",

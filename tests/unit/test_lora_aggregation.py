@@ -88,8 +88,10 @@ def test_sign_follows_the_previous_a_and_a_short_stack_is_completed_with_trainab
     b_new, a_new = exact_mean([(b, a)], [1.0], 4, previous_a=prev)
     assert np.all(np.einsum("ij,ij->i", a_new, prev) >= 0)
     np.testing.assert_allclose(b_new.astype(np.float64) @ a_new, b @ a, atol=1e-5)
-    # the stack has rank 2 < 4: rows 3-4 of A are orthonormal completions (not zero: they can still train)
-    np.testing.assert_allclose(a_new @ a_new.T, np.eye(4), atol=1e-5)
+    # the stack has rank 2 < 4: rows 3-4 of A are orthogonal completions (not zero: they can still train); all
+    # rows have the previous A's root-mean-square row norm (A keeps its scale)
+    c2 = np.mean(np.sum(prev**2, axis=1))
+    np.testing.assert_allclose(a_new @ a_new.T, c2 * np.eye(4), rtol=1e-5, atol=1e-5)
     assert np.all(b_new[:, 2:] == 0)
 
 
@@ -102,7 +104,9 @@ def test_bad_weights_are_refused(weights):
 
 def test_pairs_need_both_factors():
     assert lora_pairs(SHAPES) == [(A0, B0), ("m.0.v_proj.lora_A.weight", "m.0.v_proj.lora_B.weight")]
-    with pytest.raises(ValueError, match="no lora_B partner"):
+    emb = ["m.embed_tokens.lora_embedding_A", "m.embed_tokens.lora_embedding_B"]
+    assert lora_pairs(emb) == [tuple(emb)]  # LoRA on an embedding pairs up too
+    with pytest.raises(ValueError, match="has no B partner"):
         lora_pairs([A0])
     with pytest.raises(ValueError, match="exceeds"):
         exact_mean([(np.ones((3, 1)), np.ones((1, 40)))], [1], 4)
@@ -289,7 +293,7 @@ def het_reply(msg: Message, context: Context, rnd: int, log: list, answer_rank: 
     else:
         payload = wire_client.send(codec, trained, got, context)
     n = int(rng.integers(5, 50))
-    log.append({"node": context.node_id, "got": got, "trained": trained, "n": n})
+    log.append({"node": context.node_id, "got": got, "trained": trained, "n": n, "payload": from_array_record(payload)})
     return Message(RecordDict({"arrays": payload, "metrics": MetricRecord({"num-examples": n, "train_loss": 1.0})}),
                    reply_to=msg)
 
@@ -317,11 +321,17 @@ def test_each_node_gets_the_global_at_its_rank_and_exact_aggregates_the_padded_p
         assert s.traffic.accepted == 4 and s.traffic.rejected == []
         out = from_array_record(agg)
         w = [e["n"] for e in log]
+        # what the server must have aggregated: each uplink decoded against exactly what that node was sent (the
+        # global truncated to its rank), padded with the global's tail (fp32: the trained arrays themselves)
+        from flowertune.wire import get_codec
+
+        decoded = [get_codec(codec).decode(e["payload"], truncate(g, RANKS[e["node"]])) for e in log]
+        if codec == "fp32":
+            assert all(np.array_equal(d[k], e["trained"][k]) for d, e in zip(decoded, log) for k in d)
+        padded = [pad(d, g) for d in decoded]
         for a_key, b_key in lora_pairs(SHAPES):
-            if codec == "fp32":  # the padded products' mean, exactly (decoded uplinks are the trained arrays)
-                padded = [pad(e["trained"], g) for e in log]
-                m = dense_mean([(p[b_key], p[a_key]) for p in padded], w)
-                np.testing.assert_allclose(out[b_key].astype(np.float64) @ out[a_key], truncated(m, 8), atol=1e-5)
+            m = dense_mean([(p[b_key], p[a_key]) for p in padded], w)
+            np.testing.assert_allclose(out[b_key].astype(np.float64) @ out[a_key], truncated(m, 8), atol=1e-5)
             assert out[a_key].shape == (8, SHAPES[a_key][1]) and out[b_key].shape == (SHAPES[b_key][0], 8)
         g = out
 
@@ -340,3 +350,16 @@ def test_a_reply_at_another_rank_than_the_node_was_sent_is_rejected():
         s.aggregate_train(1, replies)
         assert s.traffic.accepted == 3 and len(s.traffic.rejected) == 1
         assert s.traffic.rejected[0].startswith(f"node {NODES[0]}: ") and why in s.traffic.rejected[0], answer
+
+
+def test_evaluation_messages_are_truncated_to_each_nodes_rank_too():
+    s = make_strategy(quiet(name="fedavg"), "fp32", rank=4, heterogeneous=True)
+    s.ctx.rank_of = {NODES[0]: 2, NODES[1]: 4}.get
+    g = initial()
+    msgs = list(s.configure_evaluate(1, to_array_record(g), ConfigRecord({"server-round": 1}), FakeGrid()))
+    assert msgs
+    for m in msgs:
+        got = from_array_record(m.content["arrays"])
+        want = truncate(g, 2) if m.metadata.dst_node_id == NODES[0] else g
+        assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+        assert all(np.array_equal(got[k], want[k]) for k in want)

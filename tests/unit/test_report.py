@@ -271,3 +271,18 @@ def test_a_dp_sgd_run_states_its_record_level_epsilon_in_the_report_and_the_subm
     secure.log(fake_rows(1)[0])
     line = next(ln for ln in write_report(secure.path).read_text().splitlines() if ln.startswith("**Privacy**"))
     assert "(no client-level DP); record-level DP" in line and "no ε" not in line
+
+
+def test_methodology_says_how_lora_factors_were_combined_and_at_which_ranks() -> None:
+    from flowertune.config import resolve
+
+    plain = methodology(resolve({}).to_flat())
+    assert not any("LoRA factors" in line or "nodes train at ranks" in line for line in plain)
+    lines = methodology(resolve({"strategy.aggregation": "exact", "model.lora.peft-lora-r": 16,
+                                 "model.lora.node-ranks": "4,8,16"}).to_flat())
+    assert ("- **Strategy**: `FedAvg`; LoRA factors: the weighted mean of the nodes' products B·A, re-projected onto "
+            "the rank by SVD (`exact`)") in lines
+    assert any(line.startswith("  - Rank (r): `16` (the global adapter's; nodes train at ranks `4,8,16`")
+               for line in lines)
+    assert any("A frozen at its initialisation" in line
+               for line in methodology(resolve({"strategy.aggregation": "freeze-a"}).to_flat()))

@@ -11,8 +11,8 @@ fp16 first downlink carries it exactly; after that a delta codec never sends it 
 zero update is left out of a delta payload: ``wire/codecs.py``). With ``wire.codec=fp32`` (no deltas) ``A``
 still travels every round.
 
-``exact`` (:class:`ExactProducts`): the aggregate of each module is the best rank-``r`` approximation of the
-weighted mean of the nodes' products ``B_i A_i`` (``models/lora_algebra.py:exact_mean``; the weights are the
+``exact`` (:class:`ExactProducts`): the aggregate of each module is the best rank-``r`` approximation (``r``: the
+global's rank, its ``A``'s rows) of the weighted mean of the nodes' products ``B_i A_i`` (``models/lora_algebra.py:exact_mean``; the weights are the
 replies' ``num-examples``, as FedAvg's). Arrays that are not LoRA factors are averaged by the aggregator
 below. It sits right above the sampling, under the robust layers (which judge each reply first); the config
 refuses it with a server optimizer, a robust aggregator, client-level DP, SecAgg+ and DoRA.
@@ -100,9 +100,9 @@ class ExactProducts(Layer):
         decoded = [from_array_record(msg.content["arrays"]) for msg in replies]
         weights = [float(msg.content["metrics"]["num-examples"]) for msg in replies]
         out = from_array_record(result)
-        for a_key, b_key in lora_pairs(out):
-            out[b_key], out[a_key] = exact_mean([(d[b_key], d[a_key]) for d in decoded], weights, self.rank,
-                                                previous_a=self._a.get(a_key))
+        for a_key, b_key in lora_pairs(out):  # each module back to the global's rank (its A's rows)
+            out[b_key], out[a_key] = exact_mean([(d[b_key], d[a_key]) for d in decoded], weights,
+                                                out[a_key].shape[0], previous_a=self._a.get(a_key))
         return to_array_record(out), metrics
 
 
@@ -112,7 +112,8 @@ class NodeRanks(Layer):
     round these are the largest singular directions), and its reply is padded back to the global's rank with
     the global's own remaining components (its update is zero where it did not train). Everything below sees
     global-rank arrays; the wire layer and the gate above see each node's own shapes. A pass-through while
-    every node trains at the global's rank."""
+    every node trains at the global's rank. Evaluation messages are truncated too: a lower-rank node's held-out
+    loss is that of the global at its rank (what it would use), not of the whole global."""
 
     name = "ranks"
     place = "updates"
@@ -120,6 +121,7 @@ class NodeRanks(Layer):
     def __init__(self, strategy: object, ctx: StackContext, rank: int, listed: bool = True) -> None:
         super().__init__(strategy, ctx)
         self.rank, self.listed = rank, listed
+        self._top = rank
         self._global: dict[str, np.ndarray] = {}
 
     def describe(self) -> str:
@@ -127,10 +129,12 @@ class NodeRanks(Layer):
 
     def _lower(self, node: int) -> int | None:
         r = self.ctx.rank_of(node)
-        return r if r is not None and r < self.rank else None
+        return r if r is not None and r < self._top else None
 
     def _truncate(self, msgs: Iterable[Message], arrays: ArrayRecord) -> list[Message]:
         msgs = list(msgs)
+        # the global's rank, read from its arrays (the config's model.lora.peft-lora-r, which the initial check holds)
+        self._top = next((int(a.shape[0]) for k, a in arrays.items() if is_lora_a(k)), self.rank)
         if not any(self._lower(m.metadata.dst_node_id) for m in msgs):
             return msgs
         glob = from_array_record(arrays)
