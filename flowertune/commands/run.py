@@ -135,6 +135,23 @@ def record_privacy_plan(cfg: Config) -> str:
     return line
 
 
+def lora_plan(cfg: Config) -> str:
+    """How the nodes' LoRA factors will be combined, and each simulated partition's rank."""
+    a, agg = cfg.adapter, cfg.strategy.aggregation
+    what = {"separate": f"{cfg.strategy.name} averages A and B each",
+            "freeze-a": "A stays as initialised on every node, B alone trains and is averaged (exact), and only B "
+                        "goes up (down too after a node's first round, with a delta wire.codec)",
+            "exact": f"the weighted mean of the nodes' products B·A, re-projected onto rank {a.r} by SVD"}[agg]
+    lines = [f"LoRA aggregation ({agg}): {what}"]
+    ranks = a.ranks()
+    if ranks:
+        shown = ", ".join(f"{p}: r={ranks[p % len(ranks)]}" for p in range(min(cfg.run.num_supernodes, 8)))
+        more = ", ..." if cfg.run.num_supernodes > 8 else ""
+        lines.append(f"heterogeneous ranks: the global adapter at r={a.r}; partition {shown}{more} (a SuperNode's "
+                     "--node-config lora-rank=N overrides); each gets the global truncated to its rank")
+    return "\n".join(lines)
+
+
 def secagg_plan(cfg: Config) -> str:
     """What SecAgg+ will do with the planned rounds: sample size, dropouts tolerated, precision."""
     c = cfg.strategy
@@ -249,6 +266,8 @@ def handle(args: argparse.Namespace) -> int:
                 print(record_privacy_plan(cfg))
             if cfg.strategy.secagg_mode != "off":
                 print(secagg_plan(cfg))
+            if cfg.strategy.aggregation != "separate" or cfg.adapter.ranks():
+                print(lora_plan(cfg))
             return 0
         # before any Flower process starts: the output directory, and in simulation (the clients run on this
         # machine) their quantization, model and data

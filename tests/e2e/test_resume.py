@@ -117,9 +117,11 @@ def test_resume_with_a_changed_config_is_refused_before_start(runs, tmp_path):
     assert proc.returncode == 2 and "num-server-rounds: 4 -> 6" in proc.stderr and "--force" in proc.stderr
 
 
-def test_freeze_a_keeps_a_bit_for_bit_and_sends_only_b_up(runs):
+def test_freeze_a_keeps_a_bit_for_bit_and_sends_only_b_up(runs, tiny_model_dir):
     """Every saved global holds the initial A (fp16-exact: the first downlink is fp16), B moves; each round's
-    uplink is exactly two int3 payloads of B's update (an A update would add its own entries)."""
+    uplink is exactly two int3 payloads of B's update (an A update would add its own entries: this, not the
+    saved A, which the server keeps whatever a node sends, shows that the nodes froze A); the final adapter
+    loads with PEFT. (Under freeze-a, FedAdam's moments and the residuals of A stay zero: the resume carries B's.)"""
     from safetensors.numpy import load_file
 
     from flowertune.wire import get_codec, payload_bytes
@@ -134,6 +136,13 @@ def test_freeze_a_keeps_a_bit_for_bit_and_sends_only_b_up(runs):
         assert all(np.array_equal(s[k], saved[0][k]) for s in saved), k
         assert np.array_equal(saved[0][k].astype(np.float16).astype(np.float32), saved[0][k]), k
     assert all(not np.array_equal(saved[0][k], saved[-1][k]) for k in b_keys)
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), a / "final_adapter").eval()
+    with torch.no_grad():
+        assert torch.isfinite(m(input_ids=torch.randint(0, 300, (1, 10))).logits).all()  # a standard PEFT adapter
     rng = np.random.default_rng(0)
     b_only = {k: saved[0][k] for k in b_keys}
     moved = {k: (v + rng.standard_normal(v.shape)).astype(np.float32) for k, v in b_only.items()}

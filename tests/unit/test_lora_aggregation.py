@@ -363,3 +363,15 @@ def test_evaluation_messages_are_truncated_to_each_nodes_rank_too():
         want = truncate(g, 2) if m.metadata.dst_node_id == NODES[0] else g
         assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
         assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_dry_run_says_how_factors_are_combined_and_each_partitions_rank(capsys):
+    from flowertune.commands.run import lora_plan
+    from flowertune.config import from_flat
+
+    cfg = resolve({"strategy.aggregation": "exact", "model.lora.peft-lora-r": 16, "model.lora.node-ranks": "4,8,16",
+                   "num-supernodes": 4})
+    plan = lora_plan(cfg).splitlines()
+    assert plan[0] == "LoRA aggregation (exact): the weighted mean of the nodes' products B·A, re-projected onto rank 16 by SVD"
+    assert "partition 0: r=4, 1: r=8, 2: r=16, 3: r=4 (" in plan[1]
+    assert lora_plan(from_flat({**cfg.to_flat(), "model.lora.node-ranks": ""})).count("\n") == 0
