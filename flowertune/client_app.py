@@ -21,7 +21,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from flowertune.config import Config, ConfigError, at_rank, node_rank, resolve
+from flowertune.config import Config, ConfigError, at_rank, node_rank, node_refusal, resolve
 from flowertune.federation import worker
 from flowertune.federation.records import from_array_record, nudge_if_unchanged, to_array_record
 from flowertune.federation.secagg_client import secagg_mod
@@ -108,12 +108,16 @@ _RESOLVED: dict[tuple[tuple[str, Any], ...], Config] = {}
 
 
 def _setup(context: Context) -> Config:
-    """The run's config, resolved once per process (every message of a run carries the same run_config)."""
+    """The run's config, resolved once per process (every message of a run carries the same run_config); a
+    ``ConfigError`` for every message of a run this node's owner does not allow (``config.NODE_PINS``)."""
     key = tuple(sorted(context.run_config.items()))
     if key not in _RESOLVED:
         setup_logging()
         _RESOLVED.clear()
         _RESOLVED[key] = resolve(dict(context.run_config))
+    refusal = node_refusal(_RESOLVED[key], context.node_config)
+    if refusal:
+        raise ConfigError(refusal)
     return _RESOLVED[key]
 
 

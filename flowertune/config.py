@@ -516,6 +516,33 @@ def node_rank(adapter: AdapterConfig, partition_id: int, node_config: Mapping[st
     return rank
 
 
+# what a SuperNode's owner can pin with --node-config, over the run config the server sends: node-config key ->
+# the run key it constrains (a comma-separated list of allowed values; trust-remote-code: false refuses true)
+NODE_PINS = {"model-name": "model.name", "dataset-name": "static.dataset.name",
+             "trust-remote-code": "model.trust-remote-code"}
+
+
+def node_refusal(cfg: Config, node_config: Mapping[str, Any]) -> str | None:
+    """Why this node refuses the run (one line naming the node-config key), or None: the organisation that owns a
+    node decides which base model it loads, which data it reads and whether Hub code runs on it."""
+    flat = cfg.to_flat()
+    for node_key, run_key in NODE_PINS.items():
+        if node_key not in node_config:
+            continue
+        pinned, asked = node_config[node_key], flat[run_key]
+        if node_key == "trust-remote-code":
+            allowed = pinned if isinstance(pinned, bool) else str(pinned).strip().lower() in ("true", "1", "yes")
+            if asked and not allowed:
+                return (f"this node's --node-config {node_key}=false refuses the run's {run_key}=true (Hub code would "
+                        "run on it)")
+            continue
+        allowed_values = [v.strip() for v in str(pinned).split(",") if v.strip()]
+        if str(asked) not in allowed_values:
+            return (f"this node's --node-config {node_key}={str(pinned)[:120]!r} does not allow the run's "
+                    f"{run_key}={str(asked)[:120]!r}")
+    return None
+
+
 def at_rank(cfg: Config, rank: int) -> Config:
     """``cfg`` for a node training at ``rank``: ``alpha`` scaled with it, so that ``alpha / r`` (PEFT's scaling of
     ``B A``) is the global adapter's and the node's adapter is the global truncated to its first ``rank``

@@ -1,7 +1,8 @@
 """Secure deployment on loopback: TLS (certificates from `flowertune certs`) and Flower's SuperNode
 authentication (keys registered with `flowertune register`), and secure aggregation (SecAgg+). Registered
 SuperNodes train a round with the model resident in their workers, their updates masked; a SuperNode with an
-unregistered key is refused by the SuperLink. (The insecure deployment path is exercised by
+unregistered key is refused by the SuperLink; a registered SuperNode whose owner pins another base model
+(``--node-config model-name=...``) refuses the run at check-in, naming the key. (The insecure deployment path is exercised by
 test_deployment_churn.py; SecAgg+'s arithmetic, dropouts and hostile replies by tests/unit/test_secagg.py and
 tests/e2e/test_privacy_runtime.py.)"""
 
@@ -34,7 +35,7 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
 
     env = isolated_env(tmp_path)
     certs = tmp_path / "certs"
-    made = subprocess.run([str(BIN / "flowertune"), "certs", str(certs), "--supernodes", "3"], env=env,
+    made = subprocess.run([str(BIN / "flowertune"), "certs", str(certs), "--supernodes", "4"], env=env,
                           capture_output=True, text=True, check=False)
     assert made.returncode == 0, made.stderr
     assert (certs / "supernode-0.key").stat().st_mode & 0o077 == 0 and (certs / "ca.key").stat().st_mode & 0o077 == 0
@@ -42,10 +43,10 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
     group = Processes(tmp_path, env)
     start = group.start
 
-    def supernode(name, key, pid):
+    def supernode(name, key, pid, pins=""):
         start(name, [str(BIN / "flower-supernode"), "--root-certificates", str(certs / "ca.crt"),
                      "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key", str(certs / key),
-                     "--node-config", f"partition-id={pid} num-partitions=2", "--port", str(free_port())])
+                     "--node-config", f"partition-id={pid} num-partitions=2{pins}", "--port", str(free_port())])
 
     out = tmp_path / "run"
     try:
@@ -54,13 +55,16 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
                             "--enable-supernode-auth", "--disable-runtime-dependency-installation", "--port", str(port)])
         wait_port(port)
         reg = subprocess.run([str(BIN / "flowertune"), "register", str(certs / "supernode-0.pub"),
-                              str(certs / "supernode-1.pub"), "--superlink", f"127.0.0.1:{port}",
+                              str(certs / "supernode-1.pub"), str(certs / "supernode-3.pub"),
+                              "--superlink", f"127.0.0.1:{port}",
                               "--root-certificates", str(certs / "ca.crt")],
                              env=env, capture_output=True, text=True, check=False, timeout=120)
         assert reg.returncode == 0, reg.stdout + reg.stderr
         supernode("supernode0", "supernode-0.key", 0)
         supernode("supernode1", "supernode-1.key", 1)
         supernode("intruder", "supernode-2.key", 0)  # a valid TLS client whose key nobody registered
+        # a registered node whose owner allows another base model only: it refuses this run at check-in
+        supernode("pinned", "supernode-3.key", 1, ' model-name="other/model"')
         run = subprocess.run([str(BIN / "flowertune"), "run", "--superlink", f"127.0.0.1:{port}",
                               "--root-certificates", str(certs / "ca.crt"), "--out", str(out),
                               *tiny_overrides(tiny_model_dir, tiny_data_file, **{"strategy.min-available-nodes": 2,
@@ -86,6 +90,10 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
     assert all(r["bytes_up"] > 2 * 8 * adapter for r in rows[1:])
     # the SuperLink activated the two registered keys only and refused the third; the intruder kept failing
     link = group.log("superlink")
-    assert link.count("[Fleet.ActivateNode] Activated node_id") == 2, link[-3000:]
+    assert link.count("[Fleet.ActivateNode] Activated node_id") == 3, link[-3000:]
+    # the pinned node refused the run (its owner's node config), with the key named; the run went on without it
+    refused = [e for r in rows for e in r["errors"] if "model-name" in e]
+    assert len(refused) == 1 and ("this node's --node-config model-name='other/model' does not allow the run's "
+                                  "model.name=") in refused[0], [r["errors"] for r in rows]
     assert "No SuperNode found with the given public key" in link
     assert "Connection attempt failed" in group.log("intruder")
