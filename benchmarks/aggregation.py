@@ -8,7 +8,8 @@ that script's setup: the embedded model, ``--nodes`` SuperNodes, ``--per-round``
 
 ``--part finance`` (rows ``<method>-iid`` / ``<method>-noniid``, ``--variants`` picks them): ``method`` is an
 aggregation (``separate``: FedAvg of A and B, the baseline; ``freeze-a``; ``exact``) or a server optimizer over
-``separate`` (``fedprox``: ``strategy.proximal-mu=--mu``; ``fedadam``: ``strategy.eta=--eta``); ``noniid`` is a
+``separate`` (``fedprox``: ``strategy.proximal-mu=--mu``; ``fedadam``: ``strategy.eta=--eta``; ``fedavgm``:
+``strategy.server-momentum=--momentum``); ``noniid`` is a
 Dirichlet(``--alpha``) split over the label (``data.partition-by=output``). Each row is scored by ``flowertune
 eval`` on the full FPB/FiQA/TFNS splits (``--limit N``: the first N items, and the header says so). The table
 gives each method's label-skewed average as a share of its IID average (the target: >= 95%).
@@ -44,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-METHODS = ("separate", "freeze-a", "exact", "fedprox", "fedadam")
+METHODS = ("separate", "freeze-a", "exact", "fedprox", "fedadam", "fedavgm")
 FINANCE = tuple(f"{m}-{s}" for m in METHODS for s in ("iid", "noniid"))
 CODECS = ("fp32", "delta-int8", "delta-int3", "delta-topk-int8:0.05", "delta-topk-int8:0.02")
 
@@ -54,6 +55,8 @@ def method_overrides(method: str, args: argparse.Namespace) -> list[str]:
         return ["strategy.name=fedprox", f"strategy.proximal-mu={args.mu}"]
     if method == "fedadam":
         return ["strategy.name=fedadam", f"strategy.eta={args.eta}"]
+    if method == "fedavgm":
+        return ["strategy.name=fedavgm", f"strategy.server-momentum={args.momentum}"]
     return [f"strategy.aggregation={method}"]
 
 
@@ -260,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=0.3, help="Dirichlet concentration of the -noniid rows")
     ap.add_argument("--mu", type=float, default=0.01, help="strategy.proximal-mu of the fedprox rows")
     ap.add_argument("--eta", type=float, default=1e-3, help="strategy.eta of the fedadam rows")
+    ap.add_argument("--momentum", type=float, default=0.9, help="strategy.server-momentum of the fedavgm rows")
     ap.add_argument("--frame", default=None)
     ap.add_argument("--limit", type=int, default=None, help="first N items of each benchmark (labelled)")
     ap.add_argument("--quick", action="store_true", help="the server's cost at 8B shapes (numpy; no Flower run)")
