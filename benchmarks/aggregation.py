@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -238,6 +236,8 @@ def quick() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from _setup_args import add_finance_setup, finance_workdir
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=("finance", "frontier"), default="finance")
     ap.add_argument("--variants", default="separate-iid,separate-noniid,freeze-a-noniid,exact-noniid,fedprox-noniid",
@@ -248,37 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frontier-nodes", type=int, default=2, help="--part frontier: SuperNodes, all sampled each round")
     ap.add_argument("--frontier-steps", type=int, default=5)
     ap.add_argument("--frontier-batch", type=int, default=8)
-    ap.add_argument("--data-dir", type=Path,
-                    default=Path(os.environ.get("FLOWERTUNE_DATA_DIR", REPO.parent / "shared" / "data")))
-    ap.add_argument("--out", type=Path, default=None, help="work directory (a rerun skips finished rows)")
-    ap.add_argument("--nodes", type=int, default=10)
-    ap.add_argument("--per-round", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr-max", type=float, default=1e-3)
-    ap.add_argument("--lr-min", type=float, default=1e-4)
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    add_finance_setup(ap)
     ap.add_argument("--alpha", type=float, default=0.3, help="Dirichlet concentration of the -noniid rows")
     ap.add_argument("--mu", type=float, default=0.01, help="strategy.proximal-mu of the fedprox rows")
     ap.add_argument("--eta", type=float, default=1e-3, help="strategy.eta of the fedadam rows")
     ap.add_argument("--momentum", type=float, default=0.9, help="strategy.server-momentum of the fedavgm rows")
-    ap.add_argument("--frame", default=None)
-    ap.add_argument("--limit", type=int, default=None, help="first N items of each benchmark (labelled)")
     ap.add_argument("--quick", action="store_true", help="the server's cost at 8B shapes (numpy; no Flower run)")
     args = ap.parse_args(argv)
     if args.quick:
         return quick()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args.data_dir = args.data_dir.absolute()
-    out = (args.out or Path(tempfile.mkdtemp(prefix="aggregation-"))).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    from flowertune.trainsets import BUILDERS, write_jsonl
-
-    data = out / "train-finance-sentiment.jsonl"
-    if not data.exists():
-        write_jsonl(BUILDERS.get("finance-sentiment")(args.data_dir), data)
+    out, data = finance_workdir(args, "aggregation-")
     (finance if args.part == "finance" else frontier)(args, data, out)
     print(f"# runs: {out}")
     return 0

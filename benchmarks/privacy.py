@@ -207,28 +207,15 @@ def quick(root: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
 
+    from _setup_args import add_finance_setup, finance_workdir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
-    ap.add_argument("--data-dir", type=Path,
-                    default=Path(os.environ.get("FLOWERTUNE_DATA_DIR", REPO.parent / "shared" / "data")))
-    ap.add_argument("--out", type=Path, default=None, help="work directory (a rerun skips finished variants)")
-    ap.add_argument("--nodes", type=int, default=10)
-    ap.add_argument("--per-round", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr-max", type=float, default=1e-3)
-    ap.add_argument("--lr-min", type=float, default=1e-4)
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
-    ap.add_argument("--frame", default=None)
+    add_finance_setup(ap)
     ap.add_argument("--clip", type=float, default=1.0, help="strategy.dp.clipping-norm of the DP variants")
     ap.add_argument("--delta", type=float, default=1e-5, help="strategy.dp.delta (below 1 / nodes)")
     ap.add_argument("--rec-clip", type=float, default=1.0, help="train.dp-sgd.clipping-norm of the rec-eps variants")
-    ap.add_argument("--limit", type=int, default=None, help="first N items of each benchmark (labelled)")
     ap.add_argument("--quick", action="store_true", help="tiny model: one SecAgg+ round with a dropout, checked")
     args = ap.parse_args(argv)
     if args.quick:
@@ -237,16 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; choose from {','.join(VARIANTS)}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args.data_dir = args.data_dir.absolute()
-    out = (args.out or Path(tempfile.mkdtemp(prefix="privacy-"))).absolute()
-    out.mkdir(parents=True, exist_ok=True)
+    out, data = finance_workdir(args, "privacy-")
     from flowertune.eval.benchmark import SUITES
-    from flowertune.trainsets import BUILDERS, write_jsonl
 
-    data = out / "train-finance-sentiment.jsonl"
-    if not data.exists():
-        write_jsonl(BUILDERS.get("finance-sentiment")(args.data_dir), data)
     rows = {}
     for name in variants:
         rows[name] = run_variant(name, args, data, out)

@@ -39,20 +39,25 @@ def _with_arrays(msg: Message, arrays: dict[str, np.ndarray]) -> None:
                               "arrays": to_array_record(arrays)})
 
 
-class FreezeA(Layer):
-    """``A`` is the global's, in every reply and in the aggregate; the aggregator below averages ``B``."""
-
-    name = "freeze-a"
-    place = "updates"  # right under the gate (make_strategy)
+class _GlobalA(Layer):
+    """Remembers the global's ``A`` factors as the round's tasks go out; ``rank``: the global's LoRA rank."""
 
     def __init__(self, strategy: object, ctx: StackContext, rank: int) -> None:
         super().__init__(strategy, ctx)
+        self.rank = rank
         self._a: dict[str, np.ndarray] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._a = {k: v for k, v in from_array_record(arrays).items() if is_lora_a(k)}
         return self.strategy.configure_train(server_round, arrays, config, grid)
+
+
+class FreezeA(_GlobalA):
+    """``A`` is the global's, in every reply and in the aggregate; the aggregator below averages ``B``."""
+
+    name = "freeze-a"
+    place = "updates"  # right under the gate (make_strategy)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -72,24 +77,14 @@ class FreezeA(Layer):
         return to_array_record(out), metrics
 
 
-class ExactProducts(Layer):
+class ExactProducts(_GlobalA):
     """Each LoRA module's aggregate: the SVD re-projection onto rank ``r`` of the weighted mean of ``B_i A_i``."""
 
     name = "exact"
     place = "aggregator"  # right above the sampling (make_strategy)
 
-    def __init__(self, strategy: object, ctx: StackContext, rank: int) -> None:
-        super().__init__(strategy, ctx)
-        self.rank = rank
-        self._a: dict[str, np.ndarray] = {}
-
     def describe(self) -> str:
         return f"exact(mean of B·A, SVD to r={self.rank})"
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._a = {k: v for k, v in from_array_record(arrays).items() if is_lora_a(k)}
-        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
