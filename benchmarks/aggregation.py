@@ -9,7 +9,8 @@ that script's setup: the embedded model, ``--nodes`` SuperNodes, ``--per-round``
 ``--part finance`` (rows ``<method>-iid`` / ``<method>-noniid``, ``--variants`` picks them): ``method`` is an
 aggregation (``separate``: FedAvg of A and B, the baseline; ``freeze-a``; ``exact``) or a server optimizer over
 ``separate`` (``fedprox``: ``strategy.proximal-mu=--mu``; ``fedadam``: ``strategy.eta=--eta``; ``fedavgm``:
-``strategy.server-momentum=--momentum``); ``noniid`` is a
+``strategy.server-momentum=--momentum`` with server lr ``1 - momentum``: an average over the last ~1/(1-m)
+rounds' mean updates); ``noniid`` is a
 Dirichlet(``--alpha``) split over the label (``data.partition-by=output``). Each row is scored by ``flowertune
 eval`` on the full FPB/FiQA/TFNS splits (``--limit N``: the first N items, and the header says so). The table
 gives each method's label-skewed average as a share of its IID average (the target: >= 95%).
@@ -54,7 +55,9 @@ def method_overrides(method: str, args: argparse.Namespace) -> list[str]:
     if method == "fedadam":
         return ["strategy.name=fedadam", f"strategy.eta={args.eta}"]
     if method == "fedavgm":
-        return ["strategy.name=fedavgm", f"strategy.server-momentum={args.momentum}"]
+        # server lr 1 - momentum: in the steady state a step the size of FedAvg's, smoothed over ~1/(1-m) rounds
+        return ["strategy.name=fedavgm", f"strategy.server-momentum={args.momentum}",
+                f"strategy.server-learning-rate={1 - args.momentum:g}"]
     return [f"strategy.aggregation={method}"]
 
 
