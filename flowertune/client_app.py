@@ -121,6 +121,15 @@ def _setup(context: Context) -> Config:
     return _RESOLVED[key]
 
 
+def _node_setup(context: Context) -> tuple[Config, int, int, int]:
+    """``(the config at this node's LoRA rank, partition id, partitions, rank)``: the rank is checked before
+    anything loads."""
+    cfg = _setup(context)
+    pid, n = _partition(context)
+    rank = node_rank(cfg.adapter, pid, context.node_config)
+    return at_rank(cfg, rank), pid, n, rank
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """``node-info``: check in (partition id, after this node's own checks); ``initial-adapter``: the freshly
@@ -128,9 +137,8 @@ def query(msg: Message, context: Context) -> Message:
     cfg = _setup(context)
     want = str(msg.content["config"].get("want", ""))
     if want == "node-info":
-        pid, n = _partition(context)
-        rank = node_rank(cfg.adapter, pid, context.node_config)  # checked before anything loads
-        info = {**_run(cfg, context, "node_info", at_rank(cfg, rank), pid, n), "lora-rank": rank}
+        node_cfg, pid, n, rank = _node_setup(context)
+        info = {**_run(cfg, context, "node_info", node_cfg, pid, n), "lora-rank": rank}
         return Message(content=RecordDict({"info": ConfigRecord(info)}), reply_to=msg)
     if want != "initial-adapter":
         raise ValueError(f"unknown query {want!r}; this flowertune client answers node-info and initial-adapter")
@@ -142,8 +150,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One local round on this node's partition, starting from the global adapter."""
-    pid, n = _partition(context)
-    cfg = at_rank(_setup(context), node_rank(_setup(context).adapter, pid, context.node_config))
+    cfg, pid, n, _ = _node_setup(context)
     config = msg.content["config"]
     mu = float(config.get("proximal-mu", cfg.strategy.proximal_mu))
     global_arrays = from_array_record(msg.content["arrays"])  # fp32: wire_mod decoded it
@@ -156,7 +163,6 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Held-out loss of the global adapter (truncated to this node's rank) on this node's validation split."""
-    pid, n = _partition(context)
-    cfg = at_rank(_setup(context), node_rank(_setup(context).adapter, pid, context.node_config))
+    cfg, pid, n, _ = _node_setup(context)
     metrics = _run(cfg, context, "evaluate", cfg, pid, n, from_array_record(msg.content["arrays"]))
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

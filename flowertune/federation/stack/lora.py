@@ -126,31 +126,30 @@ class NodeRanks(Layer):
         r = self.ctx.rank_of(node)
         return r if r is not None and r < self._top else None
 
-    def _truncate(self, msgs: Iterable[Message], arrays: ArrayRecord) -> list[Message]:
+    def _truncate(self, msgs: Iterable[Message], arrays: ArrayRecord) -> tuple[list[Message], dict[str, np.ndarray]]:
+        """The messages, a lower-rank node's holding the global truncated to its rank; and the global as arrays
+        ({} when no node is at a lower rank: nothing was decoded)."""
         msgs = list(msgs)
         # the global's rank, read from its arrays (the config's model.lora.peft-lora-r, which the initial check holds)
         self._top = next((int(a.shape[0]) for k, a in arrays.items() if is_lora_a(k)), self.rank)
         if not any(self._lower(m.metadata.dst_node_id) for m in msgs):
-            return msgs
+            return msgs, {}
         glob = from_array_record(arrays)
         for m in msgs:
             r = self._lower(m.metadata.dst_node_id)
             if r is not None and m.has_content() and "arrays" in m.content.array_records:
                 m.content = RecordDict({**m.content.config_records, **m.content.metric_records,
                                         "arrays": to_array_record(truncate(glob, r))})
-        return msgs
+        return msgs, glob
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._global = {}
-        msgs = self._truncate(self.strategy.configure_train(server_round, arrays, config, grid), arrays)
-        if any(self._lower(m.metadata.dst_node_id) for m in msgs):
-            self._global = from_array_record(arrays)
+        msgs, self._global = self._truncate(self.strategy.configure_train(server_round, arrays, config, grid), arrays)
         return msgs
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self._truncate(self.strategy.configure_evaluate(server_round, arrays, config, grid), arrays)
+        return self._truncate(self.strategy.configure_evaluate(server_round, arrays, config, grid), arrays)[0]
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
