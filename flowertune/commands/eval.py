@@ -11,6 +11,8 @@ from typing import Any
 
 from flowertune.eval.benchmark import SUITES
 
+CODE_BENCHMARKS = frozenset(SUITES["code"])  # the benchmarks that run generated programs
+
 DATA_ENV = "FLOWERTUNE_DATA_DIR"
 
 
@@ -38,6 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="load the base model in 4/8 bits (bitsandbytes, CUDA or CPU; the leaderboard evaluates with 4)")
     parser.add_argument("--out", type=Path, help="output directory (default with --run: <run>/eval)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--unsafe-sandbox", action="store_true",
+                        help="where bubblewrap cannot isolate generated code, run it with resource limits only")
 
 
 def benchmark_names(suite: str | None, benchmarks: str) -> list[str]:
@@ -74,6 +78,15 @@ def handler(args: argparse.Namespace) -> int:
     if not names:
         print("flowertune eval: give --suite and/or --benchmarks", file=sys.stderr)
         return 2
+    if any(name in CODE_BENCHMARKS for name in names):
+        from flowertune.eval import sandbox
+
+        sandbox.allow_unsafe(args.unsafe_sandbox)
+        try:
+            sandbox.require()  # before any model loads
+        except sandbox.SandboxUnavailable as e:
+            print(f"flowertune eval: {e}", file=sys.stderr)
+            return 2
     model_name, adapter, out = args.model, args.adapter, args.out
     if args.run is not None:
         model_name = model_name or run_model_name(args.run)

@@ -1,27 +1,44 @@
 """Run untrusted generated programs (Python, C++, JavaScript) in an isolated, resource-limited process.
 
-Isolation, strongest first (probed once per process, see :func:`isolation`):
+The isolation is bubblewrap's (``bwrap``, the sandbox Flatpak uses; Debian/Ubuntu package ``bubblewrap``)
+rather than namespace code of our own: it builds the program's root file system from nothing, so there is
+no host mount underneath to uncover. Each run gets:
 
-* ``"root"`` -- we are root: ``unshare`` gives the program fresh network (loopback only, down), PID and
-  mount namespaces; private tmpfs mounts hide ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock``; the
-  working dir is bind-mounted at ``/tmp/work``; ``setpriv`` drops to a throw-away uid (one per concurrent
-  slot, so ``RLIMIT_NPROC`` counts only that program's processes) with no capabilities and
-  ``no_new_privs``. Writes outside the working dir and the private tmpfs fail with ``EACCES``.
-* ``"userns"`` -- not root but user namespaces work: the same namespaces inside a user namespace. The
-  program keeps the caller's real uid, so files the caller owns stay writable (logged as a warning) and
-  ``RLIMIT_NPROC`` counts all of the caller's processes.
-* ``"rlimits"`` -- neither works: resource limits, a fresh working dir and a killed process group only;
-  no network or filesystem isolation (logged as a warning).
+* fresh user, PID, network (loopback only), IPC, UTS and cgroup namespaces; no capabilities; uid/gid
+  65534 inside; no further user namespaces (``--disable-userns``); its own session (``--new-session``);
+* a root file system that holds only a read-only view of ``/usr`` (plus the ``/bin``, ``/lib``... links,
+  ``/etc/alternatives``, ``/etc/ld.so.cache`` and the interpreter's prefix when it lives elsewhere): no
+  ``$HOME``, no host ``/tmp``, ``/run`` or ``/var``, no project or run directories, a private ``/proc``
+  that lists only the sandbox's processes, a minimal ``/dev``;
+* a size-bounded tmpfs ``/tmp`` (``Limits.tmpfs_mb``) holding the work directory ``/tmp/work`` and a
+  bounded ``/dev/shm``; the program's source is copied in, nothing of it touches the host disk;
+* resource limits: ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC``, ``RLIMIT_FSIZE``, no core files, a
+  wall-clock limit that kills the launcher, whose death empties the PID namespace (every descendant goes
+  with it, ``setsid`` or not);
+* a bound for the whole program, all its processes together: a cgroup per run with ``memory_mb`` of
+  memory (tmpfs pages included, no swap) and ``nproc`` tasks, where one can be made (cgroup v2 with the
+  memory and pids controllers delegated, else cgroup v1, which needs root). Without one (a non-root user
+  on a machine without delegation) the documented fallback is the per-process limits: RLIMIT_NPROC counts
+  only the sandbox's own processes and threads (it is counted per user namespace since Linux 5.14), so
+  the program's memory is at most ``nproc × memory_mb`` address space plus the tmpfs.
 
-Always: ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC``, ``RLIMIT_FSIZE``, no core files, a wall-clock
-limit enforced by killing the whole process group (and, with namespaces, the PID namespace, which takes
-every descendant with it, including ones that called ``setsid``), stdout/stderr to size-capped files,
-and a fresh temporary directory removed afterwards. RLIMIT_NPROC does not apply to root (the kernel
-exempts uid 0 and CAP_SYS_ADMIN/CAP_SYS_RESOURCE), which is why the root mode switches uid.
+Two ways to get there (probed once per process, see :func:`isolation`):
+
+* ``"root"``: we are root; ``setpriv`` first switches to a throw-away uid (one per concurrent slot, no
+  passwd entry, no capabilities, ``no_new_privs``), which then runs bwrap unprivileged. The throw-away uid
+  keeps the program out of root's files even if a kernel bug let it out of the namespaces, and makes the
+  kernel count RLIMIT_NPROC for uid 0's exemption-free.
+* ``"user"``: not root; bwrap runs as the invoking user (unprivileged user namespaces must be allowed).
+
+Otherwise generated code is refused (:class:`SandboxUnavailable`, naming the fix) unless the caller
+allowed the ``"unsafe"`` mode (``flowertune eval --unsafe-sandbox``: resource limits, a fresh directory
+and a killed process group only -- no file system, process or network isolation).
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import math
 import os
@@ -42,10 +59,17 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LANGUAGES = ("python", "cpp", "js")
-_SETUP_FAILED = 125  # exit code of the launcher script when the namespace setup itself fails
-_SETUP_MARK = "flowertune-sandbox: setup failed"
 _UID_BASE = 200_000  # throw-away uids: _UID_BASE + (pid % 50_000) * _SLOTS + slot; none has a passwd entry
 _SLOTS = 64
+INSIDE_UID = 65534  # the program's uid and gid inside the user namespace ("nobody")
+UNSAFE_FLAG = "--unsafe-sandbox"
+# read-only system paths the programs need; /bin, /lib... are links into /usr on merged-/usr systems
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_SYSTEM_FILES = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
+
+
+class SandboxUnavailable(RuntimeError):
+    """Generated code cannot be isolated on this machine and the unsafe mode was not allowed."""
 
 
 @dataclass(frozen=True)
@@ -54,18 +78,18 @@ class Limits:
 
     wall_s: float = 10.0
     cpu_s: float | None = None  # RLIMIT_CPU; default: the wall limit rounded up, plus one second
-    memory_mb: int = 1024  # RLIMIT_AS (address space, not RSS)
-    nproc: int = 64  # RLIMIT_NPROC (processes *and threads* of the sandbox uid)
+    memory_mb: int = 1024  # whole program (cgroup, tmpfs included) and RLIMIT_AS of each process
+    nproc: int = 64  # processes *and threads* of the whole program (cgroup pids.max and RLIMIT_NPROC)
     file_mb: int = 32  # RLIMIT_FSIZE: largest file the program may write, stdout/stderr included
-    tmpfs_mb: int = 64  # size of each private tmpfs (namespace modes)
+    tmpfs_mb: int = 64  # size of the private /tmp (work dir included) and of /dev/shm
 
 
 # node/V8 reserves far more address space than it uses (pointer-compression cage, code range, wasm guard
-# regions; it degrades when reservations fail, node 20 starts under 1 GiB), so JS gets a higher AS floor
-# plus a heap cap that V8 itself enforces.
+# regions; it degrades when reservations fail, node 20 starts under 1 GiB), so JS gets a higher address
+# space limit per process (its memory stays bound by the cgroup) plus a heap cap that V8 itself enforces.
 NODE_HEAP_MB = 512
 NODE_AS_MB = 4096
-COMPILE_LIMITS = Limits(wall_s=60.0, memory_mb=4096, nproc=64, file_mb=256)
+COMPILE_LIMITS = Limits(wall_s=60.0, memory_mb=4096, nproc=64, file_mb=256, tmpfs_mb=512)
 
 
 @dataclass(frozen=True)
@@ -90,43 +114,89 @@ class Result:
 
 @dataclass(frozen=True)
 class Isolation:
-    """The isolation mode in use and the throw-away uid base (root mode only)."""
+    """How programs are isolated here: ``mode`` root | user (bwrap) | none (refused; ``reason`` says why).
 
-    mode: str  # "root" | "userns" | "rlimits"
-    unshare: tuple[str, ...]
+    ``cgroup`` is "v2", "v1" or None (then the whole-program bound is the documented per-process fallback).
+    """
+
+    mode: str
+    cgroup: str | None = None
+    reason: str = ""
+
+    @property
+    def isolated(self) -> bool:
+        return self.mode in ("root", "user")
+
+    def describe(self) -> str:
+        if not self.isolated:
+            return f"no isolation ({self.reason})"
+        bound = f"cgroup {self.cgroup}" if self.cgroup else "per-process limits (no cgroup can be made here)"
+        who = "a throw-away uid" if self.mode == "root" else "your uid"
+        return f"bubblewrap as {who}, whole-program memory/tasks bound: {bound}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# policy: refuse, or run unisolated only when the caller said so
+
+_UNSAFE = {"allowed": False}
+
+
+def allow_unsafe(allowed: bool = True) -> None:
+    """Let :func:`run_program` fall back to resource limits only where bwrap cannot run (``--unsafe-sandbox``)."""
+    _UNSAFE["allowed"] = allowed
+
+
+def require() -> Isolation:
+    """The isolation in use; raises :class:`SandboxUnavailable` (one line, with the fix) when there is none.
+
+    Call it before loading a model for a code benchmark, so that the refusal comes first.
+    """
+    iso = isolation()
+    if iso.isolated:
+        return iso
+    if _UNSAFE["allowed"]:
+        log.warning("sandbox: %s; running generated code WITHOUT isolation (%s)", iso.reason, UNSAFE_FLAG)
+        return iso
+    raise SandboxUnavailable(
+        f"the code sandbox cannot isolate generated programs here ({iso.reason}): install bubblewrap "
+        f"(apt-get install bubblewrap) and allow unprivileged user namespaces, or pass {UNSAFE_FLAG} to run "
+        "them with resource limits only"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
 # probing
 
 
-def _probe(argv: list[str]) -> bool:
-    try:
-        return subprocess.run(argv, check=False, capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+def _root_uid(slot: int) -> int:
+    return _UID_BASE + (os.getpid() % 50_000) * _SLOTS + slot
+
+
+def _runas(uid: int) -> list[str]:
+    """Root mode: become the throw-away uid (no groups, no capabilities, no_new_privs) before bwrap."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
+            "--inh-caps=-all", "--bounding-set=-all", "--"]  # fmt: skip
 
 
 @lru_cache(maxsize=1)
 def isolation() -> Isolation:
-    """Probe (once) which isolation this machine allows and log what is missing."""
-    have = {tool: shutil.which(tool) is not None for tool in ("unshare", "setpriv", "prlimit", "mount")}
-    base = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount"]
-    probe_script = ["sh", "-c", "mount --make-rprivate / && mount -t tmpfs -o size=1m tmpfs /tmp"]
-    if have["unshare"] and have["mount"]:
-        if os.geteuid() == 0 and have["setpriv"] and _probe([*base, "--", *probe_script]):
-            return Isolation("root", tuple(base))
-        userns = ["unshare", "--user", "--map-root-user", *base[1:]]
-        if _probe([*userns, "--", *probe_script]):
-            log.warning(
-                "sandbox: not root, using a user namespace; programs run with your uid and can write your files"
-            )
-            return Isolation("userns", tuple(userns))
-    log.warning(
-        "sandbox: no namespaces available (need util-linux unshare/setpriv and root or user namespaces); "
-        "programs run with resource limits only, WITHOUT network or filesystem isolation"
-    )
-    return Isolation("rlimits", ())
+    """Probe (once) whether bwrap can isolate a program here, and which cgroup bound is available."""
+    missing = [tool for tool in ("bwrap", "prlimit") if shutil.which(tool) is None]
+    root = os.geteuid() == 0
+    if root and shutil.which("setpriv") is None:
+        missing.append("setpriv")
+    if missing:
+        return Isolation("none", reason=f"{' and '.join(missing)} not found")
+    mode = "root" if root else "user"
+    argv = [*(_runas(_root_uid(_SLOTS - 1)) if root else []), *_bwrap_args(None, Limits()), "--", "true"]
+    try:
+        probe = subprocess.run(argv, check=False, capture_output=True, timeout=20, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Isolation("none", reason=f"bwrap did not start: {e}")
+    if probe.returncode != 0:
+        err = probe.stderr.decode("utf-8", "replace").strip().splitlines()
+        return Isolation("none", reason=f"bwrap failed: {err[-1] if err else probe.returncode}")
+    return Isolation(mode, cgroup=_Cgroup.kind())
 
 
 def _world_usable(path: str) -> bool:
@@ -138,40 +208,178 @@ def _world_usable(path: str) -> bool:
 
 
 @lru_cache(maxsize=1)
-def python_executable() -> str:
-    """A Python interpreter the sandbox uid can run (the venv's may live under a private home)."""
-    if isolation().mode != "root":
-        return sys.executable
-    for candidate in (sys.executable, shutil.which("python3"), "/usr/bin/python3"):
-        if candidate and _world_usable(candidate):
-            return candidate
-    raise RuntimeError("no python3 executable is readable by an unprivileged uid")
+def python_executable() -> tuple[str, str]:
+    """A Python interpreter the sandbox can run, and its prefix (bound read-only when outside ``/usr``).
+
+    The system's python3 comes first (the results do not depend on the venv's version), then our own base
+    interpreter (not the venv: generated code gets the standard library only).
+    """
+    root = os.geteuid() == 0
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", getattr(sys, "_base_executable", None),
+                      sys.executable):  # fmt: skip
+        if not candidate or not os.path.isfile(candidate):
+            continue
+        if root and not _world_usable(candidate):
+            continue
+        real = os.path.realpath(candidate)
+        try:
+            prefix = subprocess.run([real, "-I", "-c", "import sys; print(sys.base_prefix)"], check=True,
+                                    capture_output=True, text=True, timeout=30).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return real, prefix
+    raise SandboxUnavailable("no python3 interpreter that an unprivileged uid can run was found")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the bwrap command line
+
+
+def _under_system(path: str) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in _SYSTEM_DIRS)
+
+
+def _bwrap_args(prefix: str | None, limits: Limits) -> list[str]:
+    """bwrap's options for one run (no command): namespaces, the read-only system view, private tmpfs."""
+    args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(INSIDE_UID),
+            "--gid", str(INSIDE_UID), "--die-with-parent", "--new-session", "--as-pid-1", "--cap-drop", "ALL"]  # fmt: skip
+    for d in _SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    for f in _SYSTEM_FILES:
+        if os.path.exists(f):
+            args += ["--ro-bind", f, f]
+    if prefix and not _under_system(prefix):
+        args += ["--ro-bind", prefix, prefix]
+    size = str(limits.tmpfs_mb * 1024 * 1024)
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm",
+             "--size", size, "--tmpfs", "/tmp", "--dir", "/tmp/work", "--chdir", "/tmp/work"]  # fmt: skip
+    return args
+
+
+def _prlimit(limits: Limits, as_mb: int) -> list[str]:
+    cpu = limits.cpu_s if limits.cpu_s is not None else math.ceil(limits.wall_s) + 1
+    cpu = max(1, math.ceil(cpu))
+    mb = 1024 * 1024
+    return ["prlimit", f"--cpu={cpu}:{cpu + 1}", f"--as={as_mb * mb}", f"--nproc={limits.nproc}",
+            f"--fsize={limits.file_mb * mb}", "--core=0", "--"]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------
+# cgroups: one per run, for the whole program
+
+
+class _Cgroup:
+    """A per-run cgroup bounding memory (no swap) and tasks; v2 where delegated, else v1 (root)."""
+
+    V1 = Path("/sys/fs/cgroup")
+
+    @staticmethod
+    def _own() -> dict[str, str]:
+        """Controller (or "" for v2) -> our cgroup path, from /proc/self/cgroup."""
+        out = {}
+        try:
+            for line in Path("/proc/self/cgroup").read_text().splitlines():
+                _, controllers, path = line.split(":", 2)
+                for c in controllers.split(",") if controllers else [""]:
+                    out[c] = path
+        except OSError:
+            pass
+        return out
+
+    @classmethod
+    def _parents(cls) -> dict[str, Path] | None:
+        """Where per-run cgroups go: {"memory": dir, "pids": dir} (v1) or {"": dir} (v2); None if nowhere."""
+        own = cls._own()
+        if "" in own and not ("memory" in own and "pids" in own):  # v2 only (unified hierarchy)
+            base = cls.V1 / own[""].lstrip("/")
+            enabled = (base / "cgroup.subtree_control")
+            try:
+                if {"memory", "pids"} <= set(enabled.read_text().split()) and os.access(base, os.W_OK):
+                    return {"": base}
+            except OSError:
+                return None
+            return None
+        dirs = {}
+        for c in ("memory", "pids"):
+            if c not in own:
+                return None
+            base = cls.V1 / c / own[c].lstrip("/")
+            if not base.is_dir():  # a container that shows the host's hierarchy at the mount's root
+                base = cls.V1 / c
+            if not os.access(base, os.W_OK):
+                return None
+            dirs[c] = base
+        return dirs
+
+    @classmethod
+    def kind(cls) -> str | None:
+        parents = cls._parents()
+        if parents is None:
+            return None
+        try:  # make one to be sure
+            group = cls(parents, f"flowertune-probe-{os.getpid()}", Limits())
+        except OSError:
+            return None
+        group.remove()
+        return "v2" if "" in parents else "v1"
+
+    def __init__(self, parents: dict[str, Path], name: str, limits: Limits) -> None:
+        self.dirs = [p / name for p in parents.values()]
+        mem = str(limits.memory_mb * 1024 * 1024)
+        tasks = str(limits.nproc + 4)  # + bwrap's launcher and PID-1 reaper, setpriv/sh before exec
+        for d in self.dirs:
+            d.mkdir(exist_ok=True)
+        if "" in parents:
+            settings = {"memory.max": mem, "memory.swap.max": "0", "pids.max": tasks}
+        else:
+            settings = {"memory.limit_in_bytes": mem, "memory.memsw.limit_in_bytes": mem, "pids.max": tasks}
+        for d in self.dirs:
+            for key, value in settings.items():
+                if (d / key).exists():
+                    (d / key).write_text(value)
+
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            for _ in range(50):
+                try:
+                    for pid in (d / "cgroup.procs").read_text().split():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY:
+                        log.warning("sandbox: could not remove cgroup %s: %s", d, e)
+                        break
+                    time.sleep(0.02)
+
+
+# PID 1 of the namespace: a shell that runs the program as its child and exits with its status (128 + signal
+# when killed), which tears the namespace down, survivors included. The program is not PID 1 itself because
+# the kernel does not deliver default-action signals such as RLIMIT_CPU's SIGXCPU to a namespace's init.
+_PID1 = '"$@"; exit $?'
+_JOIN = 'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
 
 
 # --------------------------------------------------------------------------------------------------------------
 # one run
 
-# Runs as root (or userns root) inside the new namespaces: $1 = work dir, $2 = "runas" prefix length,
-# then the runas prefix and the command. The shell stays PID 1 (no exec) so that it keeps the parent-death
-# signal from `unshare --kill-child`, which a uid change would clear: killing unshare kills the namespace.
-_NS_SCRIPT = f"""
-fail() {{ echo "{_SETUP_MARK}: $1" >&2; exit {_SETUP_FAILED}; }}
-work="$1"; shift
-cd "$work" || fail cd
-mount --make-rprivate / || fail rprivate
-for d in /tmp /var/tmp /dev/shm /run/lock; do
-  [ -d "$d" ] && {{ mount -t tmpfs -o "size=$TMPFS_SIZE,mode=1777,nosuid,nodev" tmpfs "$d" || fail "tmpfs $d"; }}
-done
-mkdir /tmp/work && mount --no-canonicalize --bind . /tmp/work && cd /tmp/work || fail bind
-"$@"
-"""
-
 
 class _SlotPool:
-    """Hands out slot numbers so that concurrent runs get distinct throw-away uids."""
+    """Hands out slot numbers so that concurrent runs get distinct throw-away uids and cgroups."""
 
     def __init__(self, n: int) -> None:
-        self._free = list(range(n))
+        self._free = list(range(n - 1))  # the last slot's uid is the probe's
         self._cv = threading.Condition()
 
     def acquire(self) -> int:
@@ -197,110 +405,171 @@ def _tail(path: Path, n: int = 2000) -> str:
         return ""
 
 
-def _prlimit(limits: Limits) -> list[str]:
-    cpu = limits.cpu_s if limits.cpu_s is not None else math.ceil(limits.wall_s) + 1
-    cpu = max(1, math.ceil(cpu))
-    mb = 1024 * 1024
-    return [
-        "prlimit",
-        f"--cpu={cpu}:{cpu + 1}",
-        f"--as={limits.memory_mb * mb}",
-        f"--nproc={limits.nproc}",
-        f"--fsize={limits.file_mb * mb}",
-        "--core=0",
-        "--",
-    ]
+@dataclass(frozen=True)
+class _Run:
+    returncode: int | None
+    timed_out: bool
+    seconds: float
+    stderr: str
+    setup_failed: bool
 
 
-def _execute(argv: list[str], box: Path, limits: Limits, uid: int) -> tuple[int | None, bool, float, str]:
-    """Run ``argv`` (relative to the work dir) once; returns (returncode, timed_out, seconds, stderr tail)."""
+def _execute(argv: list[str], box: Path, limits: Limits, slot: int, files: dict[str, tuple[Path, int]],
+             out_dir: Path | None = None, as_mb: int | None = None, prefix: str | None = None) -> _Run:
+    """Run ``argv`` once in /tmp/work with ``files`` (name -> (host path, mode)) copied in.
+
+    ``out_dir`` (a host directory) is bound writable at /tmp/out: the C++ build stage's way out.
+    ``prefix``: the Python interpreter's installation, bound read-only when it is outside /usr.
+    """
     iso = isolation()
-    work = box / "work"
-    stdout, stderr = box / "stdout", box / "stderr"
+    as_mb = as_mb or limits.memory_mb
+    stdout, stderr, status = box / "stdout", box / "stderr", box / "status"
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-    if iso.mode == "rlimits":
-        cmd, cwd = [*_prlimit(limits), *argv], work
-        env.update(HOME=str(work), TMPDIR=str(work))
-    else:
-        runas: list[str] = []
-        if iso.mode == "root":
-            runas = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
-                     "--inh-caps=-all", "--bounding-set=-all"]  # fmt: skip
-        cmd = [*iso.unshare, "--", "sh", "-c", _NS_SCRIPT, "sandbox", str(work), *runas, *_prlimit(limits), *argv]
-        cwd = box
-        env.update(HOME="/tmp/work", TMPDIR="/tmp", TMPFS_SIZE=f"{limits.tmpfs_mb}m")
-    start = time.monotonic()
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                start_new_session=True)  # fmt: skip
-        timed_out = False
-        try:
-            proc.wait(timeout=limits.wall_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            # the whole group: unshare and its PID-1 shell (whose death empties the PID namespace), or in
-            # "rlimits" mode the program and the children that stayed in its group
+    fds: list[int] = []
+    group: _Cgroup | None = None
+    try:
+        if iso.isolated:
+            cmd = _bwrap_args(prefix, limits)
+            for name, (path, mode) in files.items():
+                fd = os.open(path, os.O_RDONLY)
+                fds.append(fd)
+                cmd += ["--perms", f"{mode:o}", "--file", str(fd), f"/tmp/work/{name}"]
+            if out_dir is not None:
+                cmd += ["--bind", str(out_dir), "/tmp/out"]
+            status_fd = os.open(status, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fds.append(status_fd)
+            cmd += ["--remount-ro", "/", "--remount-ro", "/dev", "--json-status-fd", str(status_fd),
+                    "--setenv", "HOME", "/tmp/work", "--setenv", "TMPDIR", "/tmp",
+                    "--", "sh", "-c", _PID1, "sandbox", *_prlimit(limits, as_mb), *argv]  # fmt: skip
+            if iso.mode == "root":
+                cmd = [*_runas(_root_uid(slot)), *cmd]
+            if iso.cgroup:
+                parents = _Cgroup._parents()
+                if parents is not None:
+                    group = _Cgroup(parents, f"flowertune-sandbox-{os.getpid()}-{slot}", limits)
+                    cmd = ["sh", "-c", _JOIN, "join", *group.procs_files(), "--", *cmd]
+            cwd = Path("/")
+        else:  # the unsafe mode, allowed by require()
+            work = box / "work"
+            for name, (path, mode) in files.items():
+                shutil.copyfile(path, work / name)
+                os.chmod(work / name, mode)
+            argv = [a.replace("/tmp/out", str(out_dir)) if out_dir else a for a in argv]
+            cmd, cwd = [*_prlimit(limits, as_mb), *argv], work
+            env.update(HOME=str(work), TMPDIR=str(work))
+        start = time.monotonic()
+        with stdout.open("wb") as out, stderr.open("wb") as err:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True, pass_fds=fds)  # fmt: skip
+            for fd in fds:
+                os.close(fd)
+            fds = []
+            timed_out = False
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=limits.wall_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                if iso.isolated and proc.poll() is None:
+                    _kill_namespace(status, proc)
+                # the whole group: bwrap's launcher, or in the unsafe mode the program and the children left
+                # in its group
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        seconds = time.monotonic() - start
+        setup_failed = iso.isolated and "child-pid" not in _tail(status, 4096) and not timed_out
+        return _Run(proc.returncode, timed_out, seconds, _tail(stderr), setup_failed)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        if group is not None:
+            group.remove()
+
+
+def _kill_namespace(status: Path, proc: subprocess.Popen) -> None:
+    """Kill bwrap's PID-1 reaper, which empties the PID namespace; bwrap then reaps it and exits.
+
+    Killing bwrap first would orphan the reaper to the machine's init, which in a container may never reap.
+    """
+    for line in _tail(status, 4096).splitlines():
+        try:
+            pid = json.loads(line).get("child-pid")
+        except ValueError:
+            continue
+        if isinstance(pid, int) and pid > 1:
+            try:
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            proc.wait()
-    return proc.returncode, timed_out, time.monotonic() - start, _tail(stderr)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            return
 
 
 def run_program(program: Program, limits: Limits | None = None) -> Result:
-    """Run one program in the sandbox; passed means exit status 0 within the limits."""
+    """Run one program in the sandbox; passed means exit status 0 within the limits.
+
+    Raises :class:`SandboxUnavailable` where nothing isolates it and the unsafe mode was not allowed.
+    """
     if program.language not in LANGUAGES:
         raise ValueError(f"unknown language {program.language!r}; valid: {', '.join(LANGUAGES)}")
     limits = limits or Limits()
-    iso = isolation()
+    iso = require()
     slot = _SLOT_POOL.acquire()
-    uid = _UID_BASE + (os.getpid() % 50_000) * _SLOTS + slot
     box = Path(tempfile.mkdtemp(prefix="flowertune-sandbox-"))
     try:
-        work = box / "work"
-        work.mkdir(mode=0o700)
+        (box / "work").mkdir(mode=0o700)
         name = {"python": "prog.py", "cpp": "prog.cpp", "js": "prog.js"}[program.language]
-        (work / name).write_text(program.source, encoding="utf-8")
-        if iso.mode == "root":
-            for path in (work, work / name):
-                os.chown(path, uid, uid)
-        elapsed = 0.0
+        source = box / name
+        source.write_text(program.source, encoding="utf-8")
+        elapsed, prefix = 0.0, None
+        files = {name: (source, 0o644)}
         if program.language == "cpp":
-            build = ["g++", "-std=c++17", name, "-o", "prog"]
-            rc, timed_out, seconds, err = _execute(build, box, COMPILE_LIMITS, uid)
-            elapsed += seconds
-            if rc != 0 or timed_out:
-                return _result(rc, timed_out, elapsed, err, "compile")
-            argv = ["./prog"]
+            build = box / "build"
+            build.mkdir(mode=0o700)
+            if iso.mode == "root":  # bwrap runs as the throw-away uid: it must reach and fill build/
+                box.chmod(0o711)
+                os.chown(build, _root_uid(slot), _root_uid(slot))
+            run = _execute(["g++", "-std=c++17", name, "-o", "/tmp/out/prog"], box, COMPILE_LIMITS, slot, files,
+                           out_dir=build)  # fmt: skip
+            elapsed += run.seconds
+            if run.returncode != 0 or run.timed_out or run.setup_failed:
+                return _result(run, elapsed, "compile")
+            files, argv = {"prog": (build / "prog", 0o755)}, ["./prog"]
         elif program.language == "js":
             argv = ["node", f"--max-old-space-size={NODE_HEAP_MB}", name]
-            limits = replace(limits, memory_mb=max(limits.memory_mb, NODE_AS_MB))
         else:
-            argv = [python_executable(), "-I", name]
-        rc, timed_out, seconds, err = _execute(argv, box, limits, uid)
-        return _result(rc, timed_out, elapsed + seconds, err, "run")
+            python, prefix = python_executable() if iso.isolated else (sys.executable, None)
+            argv = [python, "-I", name]
+        as_mb = max(limits.memory_mb, NODE_AS_MB) if program.language == "js" else limits.memory_mb
+        run = _execute(argv, box, limits, slot, files, as_mb=as_mb,
+                       prefix=prefix if program.language == "python" else None)
+        return _result(run, elapsed + run.seconds, "run")
     finally:
         shutil.rmtree(box, ignore_errors=True)
         _SLOT_POOL.release(slot)
 
 
-def _result(rc: int | None, timed_out: bool, seconds: float, err: str, stage: str) -> Result:
-    if timed_out:
+def _result(run: _Run, seconds: float, stage: str) -> Result:
+    rc = run.returncode
+    if run.timed_out:
         status = "timeout"
-    elif rc == _SETUP_FAILED and _SETUP_MARK in err:
+    elif run.setup_failed:
         status = "error"
-        log.error("sandbox setup failed: %s", err.strip()[-500:])
+        log.error("sandbox setup failed: %s", run.stderr.strip()[-500:])
     elif rc == 0:
         status = "passed"
-    # the launcher shell reports a signalled child as 128 + signal; SIGXCPU is the soft CPU limit and
-    # SIGKILL (from the hard limit one second later) the hard one
+    # SIGXCPU is the soft CPU limit and SIGKILL (from the hard limit one second later) the hard one
     elif rc is not None and rc in (128 + signal.SIGXCPU, -signal.SIGXCPU):
         status = "timeout"
     else:
         status = "failed"
-    return Result(status == "passed", status, rc, err[-2000:], seconds, stage)
+    return Result(status == "passed", status, rc, run.stderr[-2000:], seconds, stage)
 
 
 def run_programs(
@@ -310,7 +579,8 @@ def run_programs(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Result]:
     """Run many programs with a bounded worker pool (default: one per CPU core); results in input order."""
-    workers = max(1, min(workers or os.cpu_count() or 2, _SLOTS))
+    require()  # refuse before the first program, not in every worker
+    workers = max(1, min(workers or os.cpu_count() or 2, _SLOTS - 1))
     results: list[Result | None] = [None] * len(programs)
     done = 0
     lock = threading.Lock()
@@ -326,3 +596,17 @@ def run_programs(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, range(len(programs))))
     return [r for r in results if r is not None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flowertune.eval.sandbox [--json]``: say how generated code would be isolated here."""
+    iso = isolation()
+    if argv and "--json" in argv:
+        print(json.dumps({"mode": iso.mode, "cgroup": iso.cgroup, "reason": iso.reason}))
+    else:
+        print(iso.describe())
+    return 0 if iso.isolated else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
