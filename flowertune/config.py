@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any, get_type_hints
 
 Scalar = bool | int | float | str
@@ -37,7 +39,9 @@ class ModelConfig:
     attn_implementation: str = key("model.attn-implementation", "auto",
                                    "auto (training: per-example causal attention on packed rows; inference: sdpa) "
                                    "| sdpa | eager | flash_attention_2 | segments")
-    trust_remote_code: bool = key("model.trust-remote-code", False, "allow Hub models with custom code")
+    trust_remote_code: bool = key("model.trust-remote-code", False,
+                                  "run the model repository's own Python code (needs model.revision pinned)")
+    revision: str = key("model.revision", "", "Hub commit (40 hex digits) or tag/branch to load; '' = main")
 
 
 @dataclass(frozen=True)
@@ -390,6 +394,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(msg)
 
     need(cfg.run.num_server_rounds >= 1, "num-server-rounds must be >= 1")
+    need(not cfg.model.trust_remote_code or re.fullmatch(r"[0-9a-f]{40}", cfg.model.revision) is not None
+         or Path(cfg.model.name).is_dir(),
+         f"model.trust-remote-code=true runs {cfg.model.name}'s own Python code: pin the code with "
+         "model.revision=<the 40-hex commit you reviewed> (a branch or tag can change under you)")
     need(cfg.model.quantization in (0, 4, 8),
          f"model.quantization must be 0 (none), 4 (QLoRA NF4) or 8 bits (got {cfg.model.quantization})")
     need(cfg.train.optim in ("adamw_torch", "adamw_8bit", "paged_adamw_8bit"),

@@ -2,17 +2,21 @@
 
 * ``ca.crt`` / ``ca.key``: a private certificate authority (keep ``ca.key`` off the nodes);
 * ``superlink.crt`` / ``superlink.key``: the SuperLink's TLS certificate, valid for ``--host`` names/IPs;
-* ``supernode-<i>.key`` / ``supernode-<i>.pub``: one P-384 key pair per SuperNode, for Flower's SuperNode
-  authentication (``flower-supernode --auth-supernode-private-key``; the ``.pub`` is registered with
-  ``flwr supernode register``).
+* ``supernode-<i>.key`` / ``supernode-<i>.pub`` (``--supernodes N``, default 0): SuperNode key pairs made
+  here, for a test federation on one machine. Across organisations, each node makes its own instead:
+  ``flowertune certs --node DIR`` on the node writes ``supernode.key`` there (it never leaves) and prints the
+  public key, which the federation's operator registers (``flowertune register``).
 
-Private keys are written 0600. Then, e.g. on loopback::
+The directory is made 0700 and private keys are written 0600. An existing CA (or node key) is never
+replaced unless ``--force`` is given: every certificate it signed would stop working. Then, e.g. on
+loopback (Flower 1.42 serves the Fleet, Control and Runtime APIs on one port, default 8000)::
 
-    flower-superlink --ssl-ca-certfile DIR/ca.crt --ssl-certfile DIR/superlink.crt --ssl-keyfile DIR/superlink.key \\
-        --enable-supernode-auth
-    flowertune run --superlink 127.0.0.1:9093 --root-certificates DIR/ca.crt --register-supernodes DIR ...
-    flower-supernode --root-certificates DIR/ca.crt --superlink 127.0.0.1:9092 \\
-        --auth-supernode-private-key DIR/supernode-0.key --node-config "partition-id=0 num-partitions=2"
+    flower-superlink --ssl-ca-certfile DIR/ca.crt --ssl-certfile DIR/superlink.crt \\
+        --ssl-keyfile DIR/superlink.key --enable-supernode-auth --port 8000
+    flowertune register NODE_DIR/supernode.pub --superlink 127.0.0.1:8000 --root-certificates DIR/ca.crt
+    flower-supernode --root-certificates DIR/ca.crt --superlink 127.0.0.1:8000 --port 9094 \\
+        --auth-supernode-private-key NODE_DIR/supernode.key --node-config "partition-id=0 num-partitions=2"
+    flowertune run --superlink 127.0.0.1:8000 --root-certificates DIR/ca.crt
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ import argparse
 import datetime
 import ipaddress
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+from flowertune.config import ConfigError
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
@@ -32,14 +39,54 @@ def _write(path: Path, data: bytes, private: bool) -> None:
         f.write(data)
 
 
-def make_certs(out: Path, hosts: list[str], supernodes: int, days: int = 365) -> list[Path]:
+def _private_out(out: Path, keep: list[str], force: bool, what: str) -> None:
+    """``out`` as a 0700 directory of ours, refusing to overwrite ``keep`` files without ``force``."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a directory; give a directory to write into")
+    existing = [name for name in keep if (out / name).exists()]
+    if existing and not force:
+        raise ConfigError(f"{out} already holds {what} ({', '.join(existing)}); pass --force to replace it (whatever "
+                          "it signed or registered stops working) or choose another directory")
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if out.stat().st_uid != os.getuid():
+        raise ConfigError(f"{out} belongs to another user; choose a directory of yours")
+    out.chmod(0o700)
+
+
+def _node_pair() -> tuple[bytes, bytes]:
+    """A P-384 key pair in the OpenSSH formats Flower reads (what ``ssh-keygen -t ecdsa -b 384`` writes)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    ssh = serialization.Encoding.OpenSSH
+    pub = key.public_key().public_bytes(ssh, serialization.PublicFormat.OpenSSH) + b"\n"
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    return private, pub
+
+
+def make_node_key(out: Path, force: bool = False) -> tuple[Path, str]:
+    """On a SuperNode: ``out/supernode.key`` (0600, stays here) and ``.pub``; returns (key path, public key)."""
+    _private_out(out, ["supernode.key"], force, "a SuperNode key")
+    private, pub = _node_pair()
+    _write(out / "supernode.key", private, private=True)
+    _write(out / "supernode.pub", pub, private=False)
+    return out / "supernode.key", pub.decode().strip()
+
+
+def make_certs(out: Path, hosts: list[str], supernodes: int, days: int = 365, force: bool = False) -> list[Path]:
     """Write the CA, the SuperLink certificate and ``supernodes`` SuperNode key pairs into ``out``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    out.mkdir(parents=True, exist_ok=True)
+    if not hosts:
+        raise ConfigError("--host is empty; give the names/IPs the SuperLink is reached at, e.g. --host 10.0.0.5")
+    if supernodes < 0 or days < 1:
+        raise ConfigError("--supernodes must be >= 0 and --days >= 1")
+    _private_out(out, ["ca.key", "ca.crt"], force, "a CA")
     now = datetime.datetime.now(datetime.timezone.utc)
     pem = serialization.Encoding.PEM
 
@@ -72,11 +119,7 @@ def make_certs(out: Path, hosts: list[str], supernodes: int, days: int = 365) ->
     _write(written[2], cert.public_bytes(pem), private=False)
     _write(written[3], private_bytes(key), private=True)
     for i in range(supernodes):
-        node_key = ec.generate_private_key(ec.SECP384R1())
-        # OpenSSH formats, as Flower reads them (what `ssh-keygen -t ecdsa -b 384` writes)
-        ssh = serialization.Encoding.OpenSSH
-        pub = node_key.public_key().public_bytes(ssh, serialization.PublicFormat.OpenSSH) + b"\n"
-        private = node_key.private_bytes(pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+        private, pub = _node_pair()
         _write(out / f"supernode-{i}.key", private, private=True)
         _write(out / f"supernode-{i}.pub", pub, private=False)
         written += [out / f"supernode-{i}.key", out / f"supernode-{i}.pub"]
@@ -84,8 +127,19 @@ def make_certs(out: Path, hosts: list[str], supernodes: int, days: int = 365) ->
 
 
 def handle(args: argparse.Namespace) -> int:
-    hosts = [h for h in args.host.split(",") if h]
-    files = make_certs(Path(args.out).absolute(), hosts, args.supernodes, args.days)
+    try:
+        if args.node:
+            key, pub = make_node_key(Path(args.out).absolute(), args.force)
+            print(f"# private key (stays on this node): {key}", file=sys.stderr)
+            print("# send this public key to the federation's operator, who registers it "
+                  "(`flowertune register FILE.pub --superlink ...`):", file=sys.stderr)
+            print(pub)
+            return 0
+        hosts = [h.strip() for h in args.host.split(",") if h.strip()]
+        files = make_certs(Path(args.out).absolute(), hosts, args.supernodes, args.days, args.force)
+    except ConfigError as e:
+        print(f"flowertune certs: {e}", file=sys.stderr)
+        return 2
     for f in files:
         print(f)
     return 0
@@ -97,6 +151,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("out", help="directory to write into")
     p.add_argument("--host", default="127.0.0.1,localhost",
                    help="comma-separated names/IPs the SuperLink certificate is valid for")
-    p.add_argument("--supernodes", type=int, default=2, help="SuperNode key pairs to make")
+    p.add_argument("--supernodes", type=int, default=0,
+                   help="SuperNode key pairs to make here (a one-machine test federation; default 0)")
     p.add_argument("--days", type=int, default=365)
+    p.add_argument("--node", action="store_true",
+                   help="on a SuperNode: make only this node's key pair in OUT and print the public key to register")
+    p.add_argument("--force", action="store_true", help="replace an existing CA (or, with --node, node key)")
     p.set_defaults(func=handle)

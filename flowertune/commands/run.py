@@ -193,10 +193,36 @@ def resolve_args(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
     if cfg.run.client_worker == "auto":  # decided here, where the runtime is known: see client_app.uses_worker
         cfg = from_flat({**cfg.to_flat(), "run.client-worker": "on" if args.superlink else "off"})
         sources["run.client-worker"] = f"flowertune run ({'deployment' if args.superlink else 'simulation'})"
-    if args.root_certificates and not (args.superlink and Path(args.root_certificates).is_file()):
-        raise ConfigError(f"--root-certificates {args.root_certificates}: needs --superlink and an existing CA "
-                          "certificate file (make one with `flowertune certs DIR`)")
+    check_transport(args.superlink, args.root_certificates, args.insecure)
     return cfg, sources
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``HOST:PORT`` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(superlink: str | None, root_certificates: str | None, insecure: bool) -> None:
+    """Before anything connects: TLS to any SuperLink that is not on this machine, unless ``--insecure``."""
+    if root_certificates and not (superlink and Path(root_certificates).is_file()):
+        raise ConfigError(f"--root-certificates {root_certificates}: needs --superlink and an existing CA "
+                          "certificate file (make one with `flowertune certs DIR`)")
+    if insecure and not superlink:
+        raise ConfigError("--insecure only applies to --superlink (deployment)")
+    if insecure and root_certificates:
+        raise ConfigError("give --root-certificates (TLS) or --insecure, not both")
+    if superlink and not root_certificates and not insecure and not is_loopback(superlink):
+        raise ConfigError(f"--superlink {superlink} is not on this machine and no --root-certificates was given: "
+                          "the run config, adapters and metrics would cross the network unencrypted; give the "
+                          "SuperLink's CA (`flowertune certs`) or pass --insecure to accept that")
 
 
 def superlink_connection(args: argparse.Namespace, env: dict[str, str]) -> str | None:
@@ -295,6 +321,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--superlink", help="HOST:PORT of a running SuperLink (deployment mode)")
     p.add_argument("--root-certificates", metavar="CA_CRT",
                    help="with --superlink: connect over TLS, trusting this CA certificate (see `flowertune certs`)")
+    p.add_argument("--insecure", action="store_true",
+                   help="with --superlink to another machine: connect without TLS (refused otherwise)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a killed or stopped run from its last completed round, with its own config "
                         "(overrides that change it are refused; see --force)")

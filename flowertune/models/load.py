@@ -91,7 +91,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 
     path = local_path(cfg.name)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision or None)
     except (OSError, ValueError) as exc:
         raise _offline_hint(cfg.name, exc) from exc
     if tok.pad_token_id is None:
@@ -122,6 +122,7 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Any:
         "dtype": dtype,
         "attn_implementation": loading_attn_implementation(cfg.attn_implementation),
         "trust_remote_code": cfg.trust_remote_code,
+        "revision": cfg.revision or None,
     }
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sandbox  # noqa: E402  (the copy beside this file)
+import sandbox
 
 MARK = f"4321.{os.getpid()}"  # a host process's command line the programs look for
 SURVIVOR = f"4322.{os.getpid()}"  # the sleep a setsid child leaves behind, if it can

@@ -95,3 +95,133 @@ def test_the_worker_key_must_be_private(home):
             worker._authkey()
     finally:
         home.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the channel, attacked: a squatted socket, a peer that stalls, a wrong key, a pickle
+
+
+def _serve_in_thread(addr: str, tasks: dict, **kw):
+    import threading
+
+    thread = threading.Thread(target=worker.serve, args=(addr, 30.0), kwargs={"tasks": tasks, "poll_s": 0.2, **kw},
+                              daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(addr) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return thread
+
+
+def test_frames_carry_configs_arrays_and_json_and_the_socket_is_private(home):
+    import numpy as np
+
+    addr = worker.address("node-frames")
+    assert (os.stat(os.path.dirname(addr)).st_mode & 0o777) == 0o700
+    arrays = {"a.lora_A.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float16)}
+    tasks = {"echo": lambda cfg, arrs, n: (arrs, {"rank": cfg.adapter.r, "n": n, "x": np.float32(1.5)})}
+    _serve_in_thread(addr, tasks)
+    assert (os.stat(addr).st_mode & 0o777) == 0o600
+    back, metrics = worker.call("node-frames", "echo", Config(), arrays, 3, owner_pid=os.getpid())
+    assert set(back) == set(arrays) and all(np.array_equal(back[k], arrays[k]) and back[k].dtype == arrays[k].dtype
+                                            for k in arrays)
+    assert metrics == {"rank": Config().adapter.r, "n": 3, "x": 1.5}
+    with pytest.raises(worker.WorkerTaskError, match="ValueError"):
+        worker.call("node-frames", "no-such-task", owner_pid=os.getpid())
+
+
+def test_a_socket_of_another_user_is_refused_before_connecting(home):
+    import socket
+
+    if os.geteuid() != 0:
+        pytest.skip("making a socket owned by another uid needs root")
+    addr = worker.address("node-squat")
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(addr)
+    squatter.listen(1)
+    os.chown(addr, 65533, 65533)
+    start = time.monotonic()
+    with pytest.raises(worker.WorkerChannelError, match="not a socket of yours.*squatting"):
+        worker.call("node-squat", "node_info", owner_pid=os.getpid())
+    assert time.monotonic() - start < 5
+    squatter.close()
+    # a directory that others can enter is refused as well
+    os.chmod(os.path.dirname(addr), 0o755)
+    try:
+        with pytest.raises(worker.WorkerChannelError, match="only you can enter"):
+            worker.connect(addr, b"k")
+    finally:
+        os.chmod(os.path.dirname(addr), 0o700)
+
+
+def test_a_peer_that_never_completes_the_handshake_fails_fast(home):
+    import socket
+
+    addr = worker.address("node-stall")
+    stall = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stall.bind(addr)
+    stall.listen(1)  # accepts in the kernel's backlog and then never answers
+    start = time.monotonic()
+    with pytest.raises(worker.WorkerChannelError, match="did not complete the handshake within 1 s"):
+        worker.connect(addr, worker._authkey(), handshake_timeout=1.0)
+    assert time.monotonic() - start < 3
+    stall.close()
+    # the worker's side: a client that connects and says nothing is dropped, and the worker keeps serving
+    os.unlink(addr)
+    _serve_in_thread(addr, {"ping": lambda: "pong"}, handshake_timeout=0.5)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(addr)
+    time.sleep(0.1)
+    assert worker.call("node-stall", "ping", owner_pid=os.getpid()) == "pong"
+    assert silent.recv(1) == b""  # dropped after the handshake timeout
+    silent.close()
+
+
+def test_a_wrong_key_fails_fast_on_both_sides(home, tmp_path, monkeypatch):
+    addr = worker.address("node-key")
+    _serve_in_thread(addr, {"ping": lambda: "pong"})
+    good = worker._authkey()
+    start = time.monotonic()
+    with pytest.raises(worker.WorkerChannelError, match="does not hold this node's worker key"):
+        worker.connect(addr, b"0" * 64)
+    assert time.monotonic() - start < 3
+    with worker.connect(addr, good) as sock:  # and the worker still serves the right key
+        worker.send_frame(sock, {"task": "ping"}, [])
+        assert worker.recv_frame(sock) == ({"ok": True, "payload": "pong", "blobs": 0}, "pong")
+
+
+def test_a_pickled_payload_is_refused(home, tmp_path):
+    import pickle
+    import socket
+    import struct
+
+    addr = worker.address("node-pickle")
+    _serve_in_thread(addr, {"ping": lambda: "pong"})
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    payload = pickle.dumps(("node_info", (Exploit(),)))
+    # after a valid handshake, a pickle where the JSON header should be
+    with worker.connect(addr, worker._authkey()) as sock:
+        sock.sendall(struct.pack(">I", len(payload)) + payload)
+        assert sock.recv(1) == b""  # dropped
+    # and instead of the handshake (what multiprocessing.connection would have sent)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(addr)
+    raw.sendall(payload)
+    raw.settimeout(5)
+    try:
+        answer = raw.recv(64)
+    except ConnectionResetError:
+        answer = b""
+    assert answer == b""  # dropped, nothing unpickled
+    raw.close()
+    time.sleep(0.3)
+    assert not marker.exists()
+    with pytest.raises(worker.WorkerChannelError, match="not JSON.*pickle"):  # the client refuses one too
+        a, b = socket.socketpair()
+        a.sendall(struct.pack(">I", len(payload)) + payload)
+        worker.recv_frame(b)

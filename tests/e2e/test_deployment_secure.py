@@ -39,13 +39,25 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
                           capture_output=True, text=True, check=False)
     assert made.returncode == 0, made.stderr
     assert (certs / "supernode-0.key").stat().st_mode & 0o077 == 0 and (certs / "ca.key").stat().st_mode & 0o077 == 0
+    assert certs.stat().st_mode & 0o077 == 0
+    ca = (certs / "ca.key").read_bytes()
+    again = subprocess.run([str(BIN / "flowertune"), "certs", str(certs)], env=env, capture_output=True, text=True,
+                           check=False)
+    assert again.returncode == 2 and "--force" in again.stderr and (certs / "ca.key").read_bytes() == ca
+    # node 1 makes its own key pair on the node: only the public key comes out
+    node1 = tmp_path / "node1"
+    own = subprocess.run([str(BIN / "flowertune"), "certs", "--node", str(node1)], env=env, capture_output=True,
+                         text=True, check=False)
+    assert own.returncode == 0, own.stderr
+    assert own.stdout.strip() == (node1 / "supernode.pub").read_text().strip() and "PRIVATE" not in own.stdout
+    assert (node1 / "supernode.key").stat().st_mode & 0o077 == 0 and node1.stat().st_mode & 0o077 == 0
     port = free_port()
     group = Processes(tmp_path, env)
     start = group.start
 
     def supernode(name, key, pid, pins=""):
         start(name, [str(BIN / "flower-supernode"), "--root-certificates", str(certs / "ca.crt"),
-                     "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key", str(certs / key),
+                     "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key", str(certs / key),  # absolute: node1's own
                      "--node-config", f"partition-id={pid} num-partitions=2{pins}", "--port", str(free_port())])
 
     out = tmp_path / "run"
@@ -55,13 +67,13 @@ def test_tls_and_supernode_auth_admit_registered_nodes_only(tmp_path, tiny_model
                             "--enable-supernode-auth", "--disable-runtime-dependency-installation", "--port", str(port)])
         wait_port(port)
         reg = subprocess.run([str(BIN / "flowertune"), "register", str(certs / "supernode-0.pub"),
-                              str(certs / "supernode-1.pub"), str(certs / "supernode-3.pub"),
+                              str(node1 / "supernode.pub"), str(certs / "supernode-3.pub"),
                               "--superlink", f"127.0.0.1:{port}",
                               "--root-certificates", str(certs / "ca.crt")],
                              env=env, capture_output=True, text=True, check=False, timeout=120)
         assert reg.returncode == 0, reg.stdout + reg.stderr
         supernode("supernode0", "supernode-0.key", 0)
-        supernode("supernode1", "supernode-1.key", 1)
+        supernode("supernode1", node1 / "supernode.key", 1)
         supernode("intruder", "supernode-2.key", 0)  # a valid TLS client whose key nobody registered
         # a registered node whose owner allows another base model only: it refuses this run at check-in
         supernode("pinned", "supernode-3.key", 1, ' model-name="other/model"')

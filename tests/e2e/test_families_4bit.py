@@ -41,7 +41,7 @@ class Family:
 FAMILIES = [
     Family("llama3", "LlamaConfig", "LlamaForCausalLM", "medical-jsl-medllama3-8b-fedprox"),
     Family("mistral", "MistralConfig", "MistralForCausalLM", "general-nlp-seven-models"),
-    # Qwen2.5: biased q/k/v projections; the recipe adds local epochs, gradient accumulation and trust-remote-code
+    # Qwen2.5: biased q/k/v projections; the recipe adds local epochs and gradient accumulation
     Family("qwen2.5", "Qwen2Config", "Qwen2ForCausalLM", "medical-aloe-beta-8b"),
     # Phi-4-mini: fused qkv_proj and gate_up_proj, rotary embedding on 3/4 of each head
     Family("phi3", "Phi3Config", "Phi3ForCausalLM", "code-phi4-mini-dora", (("partial_rotary_factor", 0.75),)),

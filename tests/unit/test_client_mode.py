@@ -47,3 +47,40 @@ def test_the_node_config_overrides_the_run(run_mode, node_config, worker):
 def test_a_wrong_node_config_value_is_refused_naming_the_choices():
     with pytest.raises(ConfigError, match="client-worker='yes'.*on or off"):
         uses_worker(cfg("on"), {"client-worker": "yes"})
+
+
+# --superlink to another machine: TLS or an explicit --insecure, refused before any connection
+
+
+def run_error(*argv: str, capsys) -> tuple[int, str]:
+    code = main(["run", "--dry-run", *argv])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("address", ["superlink.invalid:8000", "10.0.0.7:8000", "[2001:db8::1]:8000"])
+def test_a_remote_superlink_without_tls_is_refused(address, capsys, monkeypatch):
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    code, err = run_error("--superlink", address, capsys=capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert address in err and "--root-certificates" in err and "--insecure" in err
+    assert '"on"' in dry_run("--superlink", address, "--insecure")["run.client-worker"]  # the explicit opt-in
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:8000", "localhost:8000", "127.8.9.1:8000", "[::1]:8000"])
+def test_loopback_needs_no_tls(address):
+    assert '"on"' in dry_run("--superlink", address)["run.client-worker"]
+
+
+def test_insecure_is_refused_where_it_means_nothing(capsys, tmp_path):
+    code, err = run_error("--insecure", capsys=capsys)
+    assert code == 2 and "--insecure only applies to --superlink" in err
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    code, err = run_error("--superlink", "10.0.0.7:8000", "--insecure", "--root-certificates", str(ca), capsys=capsys)
+    assert code == 2 and "not both" in err

@@ -52,7 +52,7 @@ README: dict[str, tuple[str, str, dict]] = {
     }),
     "medical-aloe-beta-8b": ("002_39891a8073e6ee33.txt", "medical", {
         "model.name": "HPAI-BSC/Llama3.1-Aloe-Beta-8B",
-        "model.trust-remote-code": True,
+        "model.trust-remote-code": False,  # a plain Llama: the submission's remote-code flag is not carried over
         "static.dataset.name": "flwrlabs/medical-meadow-medical-flashcards",
         "model.quantization": 4,
         "model.lora.use-dora": False,

@@ -14,11 +14,11 @@ LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 def _all_rows(data_dir: Path | None) -> list[tuple[str, str]]:
     if data_dir is None:
-        # a loading script: needs datasets<4 (FlowerTune pins datasets==2.20.0)
-        from datasets import load_dataset
-
-        ds = load_dataset(HUB_ID, HUB_CONFIG, split="train", trust_remote_code=True)
-        return [(r["sentence"], LABELS[int(r["label"])]) for r in ds]
+        # the Hub copy is a loading script (remote code), which datasets>=4 does not run and we do not enable
+        raise FileNotFoundError(
+            f"fpb needs a local data directory: {HUB_ID} ({HUB_CONFIG}) on the Hub is a loading script, which "
+            "datasets>=4 no longer runs; put FinancialPhraseBank-v1.0's Sentences_50Agree.txt in DATA_DIR/fpb/ and "
+            "pass --data-dir DATA_DIR")
     # "sentence@label" per line, latin-1, CRLF; the label follows the last "@"
     text = (data_dir / "fpb" / "Sentences_50Agree.txt").read_text(encoding="latin-1")
     return [tuple(line.rsplit("@", 1)) for line in text.splitlines() if line.strip()]  # type: ignore[misc]

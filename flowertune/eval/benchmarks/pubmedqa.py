@@ -23,11 +23,11 @@ def build_prompt(contexts: list[str], question: str) -> str:
 
 def _rows(data_dir: Path | None) -> list[tuple[str, list[str], str, str]]:
     if data_dir is None:
-        # a loading script: needs datasets<4 (FlowerTune pins datasets==2.20.0)
-        from datasets import load_dataset
-
-        ds = load_dataset(HUB_ID, HUB_CONFIG, split="test", trust_remote_code=True)
-        return [(str(r["PUBMED_ID"]), list(r["CONTEXTS"]), r["QUESTION"], r["final_decision"]) for r in ds]
+        # the Hub copy is a loading script (remote code), which datasets>=4 does not run and we do not enable
+        raise FileNotFoundError(
+            f"pubmedqa needs a local data directory: {HUB_ID} ({HUB_CONFIG}) on the Hub is a loading script, which "
+            "datasets>=4 no longer runs; put pubmedqa/pubmedqa's data/ori_pqal.json and data/test_ground_truth.json "
+            "in DATA_DIR/pubmedqa/ and pass --data-dir DATA_DIR")
     # pubmedqa/pubmedqa: the 500 test PMIDs (in file order) index the 1000 labelled questions
     folder = data_dir / "pubmedqa"
     questions = json.loads((folder / "ori_pqal.json").read_text())
