@@ -53,9 +53,7 @@ def benchmark_names(suite: str | None, benchmarks: str) -> list[str]:
 
 def run_model_name(run_dir: Path) -> str:
     """``model.name`` of the run's resolved config."""
-    from flowertune.federation.rundir import read_config
-
-    return str(read_config(run_dir)["model.name"])
+    return str(_run_config(run_dir)["model.name"])
 
 
 def data_dir_from(arg: Path | None) -> Path | None:
@@ -66,17 +64,83 @@ def data_dir_from(arg: Path | None) -> Path | None:
     return Path(env).absolute() if env else None
 
 
+def check_inputs(args: argparse.Namespace) -> tuple[list[str], str, Path | None, Path]:
+    """Every input checked before anything loads: (benchmark names, model, adapter, output directory).
+
+    Raises :class:`ConfigError` with one line that names the problem and the fix.
+    """
+    import flowertune.eval.benchmarks  # noqa: F401  (registers the built-in benchmarks; no torch)
+    from flowertune.config import ConfigError
+    from flowertune.eval.benchmark import BENCHMARKS
+    from flowertune.federation.rundir import final_adapter, is_run_dir
+
+    if args.run is not None and not is_run_dir(args.run):
+        raise ConfigError(f"--run {args.run} is not a flowertune run directory (no config.json); give the directory "
+                          "that `flowertune run` printed")
+    suite = args.suite
+    if suite is None and not args.benchmarks.strip() and args.run is not None:
+        preset = str(_run_config(args.run).get("preset", ""))
+        suite = preset if preset in SUITES else None  # the run's challenge
+        if suite is None:
+            raise ConfigError(f"the run's preset {preset!r} is not a challenge; give --suite or --benchmarks")
+    names = benchmark_names(suite, args.benchmarks)
+    if not names:
+        raise ConfigError("give --suite and/or --benchmarks (or --run of a challenge's run)")
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"unknown benchmark(s) {', '.join(map(repr, unknown))}; valid: {', '.join(BENCHMARKS.names())}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1 (got {args.limit}); leave it out for the full split")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"--dtype {args.dtype!r}: choose auto, float32, bfloat16 or float16")
+    data_dir = data_dir_from(args.data_dir)
+    if data_dir is not None:
+        if not data_dir.is_dir():
+            raise ConfigError(f"the benchmark data directory {data_dir} (--data-dir or ${DATA_ENV}) is not a directory")
+        for name in names:  # local files: read them now, not after the model has loaded
+            try:
+                BENCHMARKS.get(name).load(data_dir)
+            except (OSError, ValueError, KeyError) as e:
+                raise ConfigError(f"{name}: cannot read its data under {data_dir}: {str(e).splitlines()[0][:300]}") from None
+    model_name, adapter, out = args.model, args.adapter, args.out
+    if args.run is not None:
+        model_name = model_name or run_model_name(args.run)
+        if adapter is None:
+            adapter = final_adapter(args.run)
+            if adapter is None:
+                raise ConfigError(f"{args.run} has no final_adapter (the run did not finish): resume it with "
+                                  f"`flowertune run --resume {args.run}`, or give --adapter RUN/checkpoints/...")
+        out = out or args.run / "eval"
+    if model_name is None or out is None:
+        raise ConfigError("give --model and --out, or --run")
+    if not model_name.strip():
+        raise ConfigError("--model is empty: give a Hub id, a local model directory, a .gguf file or 'embedded'")
+    if model_name.startswith(("/", "./", "../", "~")) and not Path(model_name).expanduser().exists():
+        raise ConfigError(f"--model {model_name} does not exist")
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter {adapter} is not a PEFT adapter directory (no adapter_config.json)")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory")
+    return names, model_name, adapter, Path(out)
+
+
+def _run_config(run: Path) -> dict[str, Any]:
+    from flowertune.federation.rundir import read_config
+
+    return read_config(run)
+
+
 def handler(args: argparse.Namespace) -> int:
-    """Resolve model/adapter/output from the arguments, load them and run the harness."""
-    from flowertune.config import ModelConfig
-    from flowertune.eval.harness import evaluate
-    from flowertune.eval.leaderboard import format_table
-    from flowertune.models.load import load_model, load_tokenizer
+    """Check every input, then load the model/adapter and run the harness."""
+    from flowertune.config import ConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    names = benchmark_names(args.suite, args.benchmarks)
-    if not names:
-        print("flowertune eval: give --suite and/or --benchmarks", file=sys.stderr)
+    try:
+        names, model_name, adapter, out = check_inputs(args)
+    except ConfigError as e:
+        print(f"flowertune eval: {e}", file=sys.stderr)
         return 2
     if any(name in CODE_BENCHMARKS for name in names):
         from flowertune.eval import sandbox
@@ -87,14 +151,11 @@ def handler(args: argparse.Namespace) -> int:
         except sandbox.SandboxUnavailable as e:
             print(f"flowertune eval: {e}", file=sys.stderr)
             return 2
-    model_name, adapter, out = args.model, args.adapter, args.out
-    if args.run is not None:
-        model_name = model_name or run_model_name(args.run)
-        adapter = adapter or args.run / "final_adapter"
-        out = out or args.run / "eval"
-    if model_name is None or out is None:
-        print("flowertune eval: give --model and --out, or --run", file=sys.stderr)
-        return 2
+    from flowertune.config import ModelConfig
+    from flowertune.eval.harness import evaluate
+    from flowertune.eval.leaderboard import format_table
+    from flowertune.models.load import load_model, load_tokenizer
+
     cfg = ModelConfig(name=model_name, dtype=args.dtype, quantization=args.quantization)
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg)

@@ -38,7 +38,12 @@ def handler(args: argparse.Namespace) -> int:
         results = read_eval(args.run) if args.run else None
     if results is None:
         where = args.results or (args.run / EVAL / "results.json" if args.run else None)
-        print(f"flowertune leaderboard: no results file ({where}); give --results or --run", file=sys.stderr)
+        if where is None:
+            print("flowertune leaderboard: give --run RUN_DIR (its eval/results.json) or --results FILE",
+                  file=sys.stderr)
+        else:
+            print(f"flowertune leaderboard: no results file at {where}; run `flowertune eval` first or give "
+                  "--results FILE", file=sys.stderr)
         return 2
     comm = communication_mb(args.run) if args.run is not None else None
     try:

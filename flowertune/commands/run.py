@@ -17,7 +17,7 @@ from typing import Any
 
 from flowertune.config import Config, ConfigError, from_flat, toml_value
 from flowertune.federation.rundir import LOG, default_run_path, read_summary, unfinished_reason
-from flowertune.launch.connections import connection_name, ensure_connection
+from flowertune.launch.connections import check_transport, connection_name, ensure_connection
 from flowertune.launch.flwr import flwr_command, flwr_env, write_run_config
 from flowertune.launch.logtee import run_logged
 
@@ -197,34 +197,6 @@ def resolve_args(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
     return cfg, sources
 
 
-def is_loopback(address: str) -> bool:
-    """Whether ``HOST:PORT`` names this machine (localhost, 127.0.0.0/8, ::1)."""
-    import ipaddress
-
-    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_transport(superlink: str | None, root_certificates: str | None, insecure: bool) -> None:
-    """Before anything connects: TLS to any SuperLink that is not on this machine, unless ``--insecure``."""
-    if root_certificates and not (superlink and Path(root_certificates).is_file()):
-        raise ConfigError(f"--root-certificates {root_certificates}: needs --superlink and an existing CA "
-                          "certificate file (make one with `flowertune certs DIR`)")
-    if insecure and not superlink:
-        raise ConfigError("--insecure only applies to --superlink (deployment)")
-    if insecure and root_certificates:
-        raise ConfigError("give --root-certificates (TLS) or --insecure, not both")
-    if superlink and not root_certificates and not insecure and not is_loopback(superlink):
-        raise ConfigError(f"--superlink {superlink} is not on this machine and no --root-certificates was given: "
-                          "the run config, adapters and metrics would cross the network unencrypted; give the "
-                          "SuperLink's CA (`flowertune certs`) or pass --insecure to accept that")
-
-
 def superlink_connection(args: argparse.Namespace, env: dict[str, str]) -> str | None:
     """Deployment: the named connection to ``--superlink``. Simulation: None, after stopping a managed local
     SuperLink whose Python environment is gone (:class:`ConfigError` when one cannot be stopped)."""
@@ -298,6 +270,10 @@ def handle(args: argparse.Namespace) -> int:
         # before any Flower process starts: the output directory, and in simulation (the clients run on this
         # machine) their quantization, model and data
         server_checks(cfg, clients_here=not args.superlink)
+        if args.check:
+            where = "this machine's output directory" if args.superlink else "output directory, federation size, model and data"
+            print(f"flowertune run --check: the checks before start passed ({where}); nothing was started")
+            return 0
         env = flwr_env()
         superlink = superlink_connection(args, env)
     except (ConfigError, KeyError) as exc:
@@ -335,5 +311,8 @@ def add_parser(sub: Any) -> None:
                    help="no progress lines during rounds (run.progress-every-s=0; the default under CI)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and where each value came from (default/preset/recipe/user); "
-                        "run nothing")
+                        "run nothing (the checks before start are skipped: see --check)")
+    p.add_argument("--check", action="store_true",
+                   help="run the checks before start (output dir, federation size, model, data; in simulation) and "
+                        "stop: nothing is started or written")
     p.set_defaults(func=handle)

@@ -84,3 +84,16 @@ def test_insecure_is_refused_where_it_means_nothing(capsys, tmp_path):
     ca.write_text("x")
     code, err = run_error("--superlink", "10.0.0.7:8000", "--insecure", "--root-certificates", str(ca), capsys=capsys)
     assert code == 2 and "not both" in err
+
+
+def test_register_checks_its_inputs_before_connecting(tmp_path, capsys):
+    from flowertune.commands.certs import make_node_key
+
+    key, _ = make_node_key(tmp_path / "node")
+    assert main(["register", str(key.with_suffix(".pub")), "--superlink", "superlink.invalid:8000"]) == 2
+    assert "--insecure" in capsys.readouterr().err
+    assert main(["register", str(key), "--superlink", "127.0.0.1:8000"]) == 2  # the private key by mistake
+    assert "is a private key" in capsys.readouterr().err
+    assert main(["register", str(tmp_path / "nope.pub"), "--superlink", "127.0.0.1:8000"]) == 2
+    assert "certs --node" in capsys.readouterr().err
+    assert not (tmp_path / "flwr").exists()

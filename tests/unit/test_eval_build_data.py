@@ -79,3 +79,30 @@ def test_build_data_command_writes_jsonl_readable_by_a_run(real_data_dir: Path, 
     part = load_partition(DataConfig(name=str(out), format="finance"), 0, 10)
     assert 400 < len(part) < 500
     assert main(["build-data", "nope", "--data-dir", str(real_data_dir), "--out", str(out)]) == 2
+
+
+def test_build_data_checks_its_inputs_and_keeps_what_exists(real_data_dir: Path, tmp_path: Path, capsys,
+                                                            monkeypatch) -> None:
+    from flowertune.cli import main
+
+    monkeypatch.delenv("FLOWERTUNE_DATA_DIR", raising=False)
+    out = tmp_path / "fin.jsonl"
+
+    def refused(*argv: str) -> str:
+        assert main(["build-data", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        return err
+
+    assert "unknown training set 'nope'" in refused("nope", "--out", str(out))  # the name first
+    assert "no data directory; give --data-dir" in refused("finance-sentiment", "--out", str(out))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = refused("finance-sentiment", "--data-dir", str(empty), "--out", str(out))
+    assert "cannot read its raw files" in err and "Sentences_50Agree.txt" in err
+    assert not out.exists()
+    out.write_text("keep me")
+    assert "already exists" in refused("finance-sentiment", "--data-dir", str(real_data_dir), "--out", str(out))
+    assert out.read_text() == "keep me"
+    assert main(["build-data", "finance-sentiment", "--data-dir", str(real_data_dir), "--out", str(out), "--force"]) == 0
+    assert out.read_text() != "keep me"

@@ -87,3 +87,17 @@ def test_missing_local_model_dir(tmp_path):
     with pytest.raises(PreflightError) as e:
         check_model(cfg_of(**{"model.name": str(tmp_path / "no-model")}))
     assert "does not exist" in one_line(e)
+
+
+def test_run_check_runs_the_checks_before_start_and_starts_nothing(tmp_path, capsys):
+    from flowertune.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--check", "--out", str(out), "strategy.min-available-nodes=9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "strategy.min-available-nodes=9 is more than the 4 simulated" in err
+    assert main(["run", "--check", "--out", str(out), "static.dataset.name=" + str(tmp_path / "none.jsonl")]) == 2
+    assert "none.jsonl" in capsys.readouterr().err
+    assert main(["run", "--check", "--out", str(out)]) == 0
+    assert "checks before start passed" in capsys.readouterr().out
+    assert not out.exists()
