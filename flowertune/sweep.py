@@ -161,10 +161,36 @@ def eval_command(sweep: Sweep, run: Path, data_dir: Path | None) -> list[str]:
     return flowertune_cmd(*cmd)
 
 
+def check_members(sweep: Sweep, out: Path, data_dir: Path | None) -> None:
+    """Before the first member trains: every member that will run is resolved and passes ``flowertune run
+    --check`` (its config, federation size, model and data), so a bad value in member 3 is not found hours in."""
+    if sweep.limit is not None and sweep.limit < 1:
+        raise ConfigError(f"sweep limit must be >= 1 (got {sweep.limit}); leave it out for the full splits")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ConfigError(f"--data-dir {data_dir} is not a directory")
+    for i, member in enumerate(sweep.members, 1):
+        run = out / member.slug
+        state = member_state(run, sweep)
+        if state not in ("new", "resume", "restart"):
+            continue
+        # a run that saved nothing is moved aside before it restarts: check a fresh directory beside it
+        where = run if state != "restart" else run.with_name(run.name + ".check")
+        cmd = run_command(sweep, member, where, "resume" if state == "resume" else "new")
+        print(f"sweep [{i}/{len(sweep.members)}] {member.name}: checking", flush=True)
+        done = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+            reason = lines[-1] if lines else f"exit {done.returncode}"
+            raise ConfigError(f"member {member.name!r} would fail: {reason.removeprefix('flowertune run: ')}; "
+                              "fix it in the sweep file (nothing has trained yet)")
+
+
 def run_sweep(sweep: Sweep, out: Path, data_dir: Path | None = None) -> dict[str, str]:
-    """Train and evaluate every member not done yet, in order; returns each member's final status."""
+    """Check every member, then train and evaluate every member not done yet, in order; returns each
+    member's final status."""
     out = Path(out).absolute()
     check_same_sweep(out, sweep)
+    check_members(sweep, out, data_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / SPEC).write_text(json.dumps(sweep.to_json(), indent=2))
     status: dict[str, str] = {}
@@ -185,8 +211,9 @@ def run_sweep(sweep: Sweep, out: Path, data_dir: Path | None = None) -> dict[str
             print(f"sweep {tag}: {'training' if state == 'new' else 'resuming'} -> {run}", flush=True)
             if subprocess.call(run_command(sweep, member, run, state)) != 0:
                 status[member.name] = "training failed"
-                print(f"sweep {tag}: training failed; see {run / rundir.LOG}; continuing with the next member "
-                      "(rerun the sweep to resume it)", file=sys.stderr, flush=True)
+                where = f"see {run / rundir.LOG}" if (run / rundir.LOG).exists() else "the reason is above"
+                print(f"sweep {tag}: training failed ({where}); continuing with the next member (rerunning the "
+                      "sweep resumes it once the cause is fixed)", file=sys.stderr, flush=True)
                 write_tables(sweep, out, status)
                 continue
         print(f"sweep {tag}: evaluating on {sweep.suite}" + (f" (--limit {sweep.limit})" if sweep.limit else ""),
