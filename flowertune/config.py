@@ -96,8 +96,9 @@ class TrainConfig:
     grad_accum: int = key("train.training-arguments.gradient-accumulation-steps", 1, "micro-batches per optimizer step")
     max_steps: int = key("train.training-arguments.max-steps", 10, "optimizer steps per client per round")
     num_train_epochs: int = key("train.training-arguments.num-train-epochs", 0,
-                                "local epochs: > 0 runs that many passes over the client's training split per round "
-                                "instead of max-steps (unlike transformers, where max-steps wins); 0 = max-steps")
+                                "local epochs: > 0 runs that many passes over the client's training split per round; "
+                                "with max-steps also set, the later layer (preset < recipe < yours) wins, and within "
+                                "one layer max-steps (as in transformers); 0 = max-steps")
     warmup_steps: int = key("train.training-arguments.warmup-steps", 0, "linear warmup steps within a round")
     lr_scheduler_type: str = key("train.training-arguments.lr-scheduler-type", "constant",
                                  "learning rate within a round after the warmup: constant | cosine | linear "

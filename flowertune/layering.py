@@ -7,12 +7,15 @@ Only the callers that know which keys the user set layer (``flowertune run``, ``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from flowertune.config import check_keys, flat_defaults, toml_value
 from flowertune.presets import preset_overrides
 from flowertune.recipes import get_recipe
+
+log = logging.getLogger(__name__)
 
 
 def layer(preset: str | None, user: Mapping[str, Any],
@@ -38,6 +41,7 @@ def layer(preset: str | None, user: Mapping[str, Any],
     for layer_name, values in (("preset", preset_overrides(name)), ("recipe", recipe_keys), ("user", user)):
         for k, v in values.items():
             flat[k], sources[k] = v, layer_name
+    steps_or_epochs(flat, sources)
     flat["preset"], flat["run.preset-applied"] = name, True
     if preset:
         sources["preset"] = "user"
@@ -48,6 +52,26 @@ def layer(preset: str | None, user: Mapping[str, Any],
         flat["run.recipe"] = str(chosen.path) if str(recipe).endswith(".toml") else chosen.name
         sources["run.recipe"] = "recipe"
     return flat, sources
+
+
+EPOCHS, STEPS = "train.training-arguments.num-train-epochs", "train.training-arguments.max-steps"
+_RANK = {"default": 0, "preset": 1, "recipe": 2, "user": 3}
+
+
+def steps_or_epochs(flat: dict[str, Any], sources: dict[str, str]) -> None:
+    """When both ``max-steps`` and ``num-train-epochs`` are set (> 0), the one from the later layer wins; on
+    the same layer (a FlowerTune template sets both) ``max-steps`` wins, as in transformers' trainer, which
+    the templates run. The loser is set to 0, with a warning. In place."""
+    steps, epochs = int(flat.get(STEPS, 0) or 0), int(flat.get(EPOCHS, 0) or 0)
+    if steps <= 0 or epochs <= 0:
+        return
+    if _RANK.get(sources.get(STEPS, "default"), 0) >= _RANK.get(sources.get(EPOCHS, "default"), 0):
+        log.warning("%s=%d and %s=%d are both set: max-steps wins (as in transformers, which FlowerTune's "
+                    "templates train with): %d optimizer steps a round; set max-steps=0 for epochs",
+                    STEPS, steps, EPOCHS, epochs, steps)
+        flat[EPOCHS] = 0
+    else:
+        flat[STEPS] = 0  # epochs from a later layer (e.g. a recipe's over the defaults' max-steps)
 
 
 def preset_run_config(name: str | None, user: Mapping[str, Any] | None = None, recipe: str | None = None) -> str:

@@ -43,8 +43,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         path = Path(item)
-        if item.endswith(".toml") and path.is_file():
-            out.update(_flatten(tomllib.loads(path.read_text())))
+        if item.endswith(".toml") and "=" not in item:
+            if not path.is_file():
+                raise ConfigError(f"-c {item}: no such file")
+            try:
+                doc = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"-c {item}: not valid TOML ({exc})") from None
+            from flowertune.template import is_template, template_overrides
+
+            out.update(template_overrides(doc, item) if is_template(doc) else _flatten(doc))
             continue
         for pair in shlex.split(item):
             if "=" not in pair:

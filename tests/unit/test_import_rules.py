@@ -25,7 +25,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "flowertune"
 
 LEVELS = [  # (module prefix, level); the longest matching prefix wins
-    ("flowertune.config", 0), ("flowertune.layering", 0), ("flowertune.registry", 0), ("flowertune.catalog", 0),
+    ("flowertune.config", 0), ("flowertune.layering", 0), ("flowertune.template", 0), ("flowertune.registry", 0), ("flowertune.catalog", 0),
     ("flowertune.presets", 0), ("flowertune.recipes", 0), ("flowertune.wire", 0), ("flowertune.logs", 0),
     ("flowertune.memory", 0), ("flowertune.home", 0), ("flowertune.durable", 0),
     ("flowertune.prompts", 1), ("flowertune.data", 1), ("flowertune.models", 1), ("flowertune.train", 1),
