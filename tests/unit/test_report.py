@@ -286,3 +286,50 @@ def test_methodology_says_how_lora_factors_were_combined_and_at_which_ranks() ->
                for line in lines)
     assert any("A frozen at its initialisation" in line
                for line in methodology(resolve({"strategy.aggregation": "freeze-a"}).to_flat()))
+
+
+def test_push_to_hub_is_refused_offline_before_anything_is_built(tmp_path: Path, capsys, monkeypatch) -> None:
+    from flowertune.cli import main
+
+    run = make_run(tmp_path, results=FINANCE)
+    out = tmp_path / "sub"
+
+    def refused(*extra: str) -> str:
+        assert main(["submit", str(run), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert not out.exists()  # nothing built
+        return err
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert "HF_HUB_OFFLINE is set" in refused("--push-to-hub", "me/adapter")
+    assert "not a Hub repository id" in refused("--push-to-hub", "me/bad name!")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    assert "no Hugging Face token" in refused("--push-to-hub", "me/adapter")
+    # a token, but no Hub to answer (a closed local port stands in for no network)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_dummy")
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr("huggingface_hub.hf_api.constants.ENDPOINT", "http://127.0.0.1:9")
+    assert "did not answer" in refused("--push-to-hub", "me/adapter")
+    assert "--private only applies" in refused("--private")
+    unevaluated = make_run(tmp_path / "b", results=None)
+    assert main(["submit", str(unevaluated), "--out", str(out), "--push-to-hub", "me/adapter"]) == 2
+    assert "cannot be submitted yet" in capsys.readouterr().err and not out.exists()
+
+
+def test_what_the_hub_gets_is_a_loadable_adapter_with_a_model_card(tmp_path: Path) -> None:
+    from flowertune.report.hub import stage
+
+    run = make_run(tmp_path, results=FINANCE)
+    folder = build_submission(run, tmp_path / "sub")
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    staged = stage(folder, "finance", tmp_path / "staged")
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "config.json", "run-config.toml",
+            "eval/results.json"} <= set(staged)
+    assert any(p.startswith("plots/") for p in staged) and "metrics.jsonl" not in staged
+    assert not any(p.startswith("eval/items-") for p in staged)  # per-item generations stay in the folder
+    card = (tmp_path / "staged" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft\nbase_model: \"Qwen/Qwen2.5-7B-Instruct\"\n")
+    assert "- finance" in card and "### Evaluation Results" in card
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before  # the folder is unchanged
