@@ -14,9 +14,22 @@ def handle_keys(args: argparse.Namespace) -> int:
     if args.pyproject:
         print(pyproject_section(), end="")
         return 0
+    import shutil
+    import textwrap
+
+    width = max(80, min(shutil.get_terminal_size((100, 24)).columns, 120))
     for k, default, help_ in describe():
-        print(f"{k:55s} {default!r:32s} {help_}")
+        if k in INTERNAL and not args.all:
+            continue
+        print(f"{k}  (default {default!r})")
+        print(textwrap.fill(help_, width=width, initial_indent="    ", subsequent_indent="    "))
+    if not args.all:
+        print(f"\n({len(INTERNAL)} keys that flowertune run sets itself are hidden: --all shows them)")
     return 0
+
+
+# set by `flowertune run` / `--resume`, not by hand
+INTERNAL = ("run.preset-applied", "run.resume", "run.resume-force")
 
 
 def handle_presets(args: argparse.Namespace) -> int:
@@ -41,6 +54,7 @@ def handle_presets(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("keys", help="list every config key with its default")
     p.add_argument("--pyproject", action="store_true", help="print the [tool.flwr.app.config] section")
+    p.add_argument("--all", action="store_true", help="also the keys that flowertune run sets itself")
     p.set_defaults(func=handle_keys)
     q = sub.add_parser("presets", help="list presets and what they change")
     q.add_argument("--run-config", metavar="NAME",

@@ -104,7 +104,7 @@ def print_config(cfg: Config, sources: dict[str, str]) -> None:
     defaults = Config().to_flat()
     for k, v in cfg.to_flat().items():
         origin = sources.get(k, "default")
-        mark = origin if (origin != "default" or v != defaults[k]) else ""
+        mark = origin if (origin != "default" or v != defaults[k]) else "default"
         print(f"{k:55s} {toml_value(v):40s} {mark}")
 
 
@@ -243,8 +243,9 @@ def outcome(run_path: Path, rc: int) -> int:
         print(f"flowertune run: the run did not finish (flwr exit code {rc}); see {run_path / LOG} (every line "
               "Flower and Ray printed)", file=sys.stderr)
         return rc or 1
-    print(f"\nrun directory: {run_path}\n  rounds {s['rounds']}, eval loss {s['eval_loss_first']} -> "
-          f"{s['eval_loss_last']}, communication {s['comm_cost_mb']:.2f} MB, {s['wall_s']:.0f} s\n"
+    first, last = (f"{v:.4f}" if isinstance(v, (int, float)) else "-" for v in (s["eval_loss_first"], s["eval_loss_last"]))
+    print(f"\nrun directory: {run_path}\n  rounds {s['rounds']}, eval loss {first} -> "
+          f"{last}, communication {s['comm_cost_mb']:.2f} MB, {s['wall_s']:.0f} s\n"
           f"  final adapter: {run_path / 'final_adapter'}\n  report: {run_path / 'report.md'} (and report.html, "
           f"plots/); log: {run_path / LOG}")
     if s.get("dp_epsilon") is not None:

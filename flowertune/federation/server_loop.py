@@ -389,7 +389,7 @@ def start(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks, strategy: Any,
     run_dir.log(row0)
     sinks.log(row0)
     run_dir.save_state(0, *progress.to_state(strategy))
-    log.info("round 0: eval_loss %s", first_eval)
+    log.info("round 0: eval_loss %s", _loss(first_eval))
     return progress
 
 
@@ -494,7 +494,7 @@ def finish(progress: Progress, cfg: Config, run_dir: RunDir, n_params: int, t_st
     }
     final = run_dir.finish(_as_numpy(progress.arrays), progress.adapter_config, summary)
     log.info("done: eval loss %s -> %s, communication %.2f MB, %.0f s; final adapter %s",
-             progress.first_eval, progress.last_eval, progress.cumulative / MB, summary["wall_s"], final)
+             _loss(progress.first_eval), _loss(progress.last_eval), progress.cumulative / MB, summary["wall_s"], final)
     return summary
 
 
@@ -535,6 +535,11 @@ def _rounds(grid: Grid, cfg: Config, run_dir: RunDir, sinks: Sinks) -> dict[str,
         sinks.log(row)
         run_dir.save_state(r, *progress.to_state(strategy))
         log.info("round %d/%d: train_loss %.4f eval_loss %s | %.2f MB this round, %.2f MB total | %.1f s",
-                 r, rounds, row["train_loss"] or float("nan"), out.eval_loss, row["bytes_round"] / MB,
+                 r, rounds, row["train_loss"] or float("nan"), _loss(out.eval_loss), row["bytes_round"] / MB,
                  progress.cumulative / MB, row["round_s"])
     return finish(progress, cfg, run_dir, n_params, t_start, strategy)
+
+
+def _loss(value: float | None) -> str:
+    """A loss for a log line: 4 decimals, or "-" when there is none (the metrics keep full precision)."""
+    return "-" if value is None else f"{value:.4f}"

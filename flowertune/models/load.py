@@ -137,5 +137,8 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Any:
     if qcfg is None:
         model.to(device)
     model.eval()
-    log.info("loaded %s (%s, %s, %d-bit)", cfg.name, device, dtype, cfg.quantization or 16)
+    compute = str(dtype).removeprefix("torch.")
+    weights = (f"{cfg.quantization}-bit {'NF4' if cfg.quantization == 4 else 'int8'} base, {compute} compute"
+               if cfg.quantization else compute)
+    log.info("loaded %s on %s (%s)", cfg.name, device, weights)
     return model

@@ -123,7 +123,7 @@ def _through_flower(family: Family, model_dir: Path, data: Path, home: Path, out
     # the clients' own log lines, streamed by `flwr run --stream`: an NF4 base and bitsandbytes' 8-bit AdamW
     log = proc.stdout
     return FamilyRun(family, model_dir, out, from_flat(read_config(out)), read_jsonl(out / "metrics.jsonl"),
-                     "(cpu, torch.float32, 4-bit)" in log, "AdamW8bit" if "using bitsandbytes AdamW8bit" in log else "")
+                     "on cpu (4-bit NF4 base, float32 compute)" in log, "AdamW8bit" if "using bitsandbytes AdamW8bit" in log else "")
 
 
 def _in_process(family: Family, model_dir: Path, data: Path, out: Path) -> FamilyRun:

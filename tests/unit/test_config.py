@@ -134,7 +134,7 @@ def test_dry_run_prints_each_value_with_its_source(capsys):
     lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert lines["model.lora.peft-lora-r"][1:] == ["8", "user"]
     assert lines["model.lora.peft-lora-alpha"][1:] == ["64", "preset"]
-    assert lines["strategy.name"][1:] == ['"fedavg"']  # a default value carries no source mark
+    assert lines["strategy.name"][1:] == ['"fedavg"', "default"]  # the issue asked for a visible source for defaults
 
 
 def test_a_toml_override_file_is_flattened_and_a_non_scalar_value_is_refused(tmp_path):
