@@ -79,10 +79,13 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str], str, Path | None,
                           "that `flowertune run` printed")
     suite = args.suite
     if suite is None and not args.benchmarks.strip() and args.run is not None:
-        preset = str(_run_config(args.run).get("preset", ""))
-        suite = preset if preset in SUITES else None  # the run's challenge
+        config = _run_config(args.run)
+        preset, fmt = str(config.get("preset", "")), str(config.get("data.format", ""))
+        # the run's challenge: its preset's, else the challenge its training data's format belongs to
+        suite = preset if preset in SUITES else fmt if fmt in SUITES else None
         if suite is None:
-            raise ConfigError(f"the run's preset {preset!r} is not a challenge; give --suite or --benchmarks")
+            raise ConfigError(f"the run's preset {preset!r} and data format {fmt!r} name no challenge; give --suite "
+                              "or --benchmarks")
     names = benchmark_names(suite, args.benchmarks)
     if not names:
         raise ConfigError("give --suite and/or --benchmarks (or --run of a challenge's run)")

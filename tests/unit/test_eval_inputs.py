@@ -76,3 +76,15 @@ def test_no_model_is_imported_on_the_refusal_path(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.stdout.strip() == "[]"
+
+
+def test_a_quickstart_run_is_scored_on_the_challenge_of_its_data(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"preset": "quickstart", "data.format": "medical"}}))
+    (run / "final_adapter").mkdir()
+    (run / "final_adapter" / "adapter_config.json").write_text("{}")
+    parser = eval_cmd.configure.__globals__["argparse"].ArgumentParser()
+    eval_cmd.configure(parser)
+    names, *_ = eval_cmd.check_inputs(parser.parse_args(["--run", str(run)]))
+    assert names == ["pubmedqa", "medmcqa", "medqa", "careqa"]
