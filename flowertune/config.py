@@ -356,6 +356,19 @@ def from_flat(flat: Mapping[str, Any]) -> Config:
     return cfg
 
 
+def from_trusted_flat(flat: Mapping[str, Any]) -> Config:
+    """A :class:`Config` from the flat keys of one that was already built and checked (``Config.to_flat()`` on
+    this machine, e.g. the resident worker's frames): values as they are, no coercion or validation (a node's
+    :func:`at_rank` config may hold a fractional ``alpha``). Unknown keys are still refused."""
+    check_keys(flat)
+    sections: dict[str, dict[str, Any]] = {}
+    for k, v in flat.items():
+        sec, attr, _ = _KEYS[k]
+        sections.setdefault(sec, {})[attr] = v
+    cfg = Config()
+    return replace(cfg, **{sec: replace(getattr(cfg, sec), **vals) for sec, vals in sections.items()})
+
+
 def resolve(run_config: Mapping[str, Any]) -> Config:
     """Resolve Flower's ``run_config`` (pyproject defaults + overrides) into a :class:`Config`.
 

@@ -121,7 +121,7 @@ def _encode(value: Any, blobs: list[bytes]) -> Any:
     if isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
         from safetensors.numpy import save
 
-        blobs.append(save({k: np.ascontiguousarray(v) for k, v in value.items()}))
+        blobs.append(save({k: np.require(v, requirements="C") for k, v in value.items()}))  # keeps 0-d shapes
         return {"__arrays__": len(blobs) - 1}
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
@@ -139,9 +139,9 @@ def _encode(value: Any, blobs: list[bytes]) -> Any:
 def _decode(value: Any, blobs: list[bytes]) -> Any:
     if isinstance(value, dict):
         if set(value) == {"__config__"}:
-            from flowertune.config import from_flat
+            from flowertune.config import from_trusted_flat
 
-            return from_flat(value["__config__"])
+            return from_trusted_flat(value["__config__"])  # built and checked by the authenticated peer
         if set(value) == {"__arrays__"}:
             from safetensors.numpy import load
 
@@ -347,7 +347,11 @@ class WorkerTaskError(RuntimeError):
 
 
 def _run_task(sock: socket.socket, tasks: dict[str, Any], request: dict[str, Any], args: Any) -> None:
-    """Run one task in a thread, sending a heartbeat frame every HEARTBEAT_S until the result goes out."""
+    """Run one task in a thread, sending a heartbeat frame every HEARTBEAT_S until the result goes out.
+
+    Returns only when the task has finished, also when the client went away meanwhile: the worker never runs
+    two tasks on its one model at once.
+    """
     import threading
     import traceback
 
@@ -359,20 +363,26 @@ def _run_task(sock: socket.socket, tasks: dict[str, Any], request: dict[str, Any
             if task not in tasks or not isinstance(args, list):
                 raise ValueError(f"unknown worker task {task!r}")
             outcome["ok"] = (True, tasks[task](*args))
-        except Exception as exc:  # noqa: BLE001 - reported to the ClientApp; the worker keeps serving
+        except BaseException as exc:  # noqa: BLE001 - reported to the ClientApp; the worker keeps serving
             public = str(exc).splitlines()[0][:300] if isinstance(exc, ConfigError) and str(exc) else ""
             outcome["ok"] = (False, [type(exc).__name__, public, traceback.format_exc()])
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    while thread.is_alive():
-        thread.join(HEARTBEAT_S)
-        if thread.is_alive():
-            send_frame(sock, {"busy": True})
+    try:
+        while thread.is_alive():
+            thread.join(HEARTBEAT_S)
+            if thread.is_alive():
+                send_frame(sock, {"busy": True})
+    except OSError:
+        thread.join()  # the client is gone: finish the task before serving anyone else
+        raise
     ok, value = outcome["ok"]
     try:
         send_frame(sock, {"ok": ok}, value)
-    except TypeError as exc:  # a task returned something the frames cannot carry: our bug, said plainly
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a result the frames cannot carry: our bug, said plainly
         send_frame(sock, {"ok": False}, [type(exc).__name__, "", traceback.format_exc()])
 
 
@@ -421,8 +431,8 @@ def serve(addr: str, idle_timeout: float, owner_pid: int = 0, owner_started: str
                     request, args = recv_frame(conn)
                     conn.settimeout(None)
                     _run_task(conn, tasks, request, args)
-                except (WorkerChannelError, TimeoutError, OSError, struct.error) as e:
-                    log.warning("worker: dropped a connection: %s", e)
+                except Exception as e:  # noqa: BLE001 - one peer's trouble never takes the worker down
+                    log.warning("worker: dropped a connection: %s: %s", type(e).__name__, e)
             last_work = time.monotonic()
     finally:
         listener.close()

@@ -225,3 +225,79 @@ def test_a_pickled_payload_is_refused(home, tmp_path):
         a, b = socket.socketpair()
         a.sendall(struct.pack(">I", len(payload)) + payload)
         worker.recv_frame(b)
+
+
+def test_the_worker_refuses_a_client_without_the_key(home):
+    import socket
+
+    addr = worker.address("node-proof")
+    _serve_in_thread(addr, {"ping": lambda: "pong"})
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.settimeout(5)
+    raw.connect(addr)
+    raw.sendall(b"FTW1" + os.urandom(32))
+    reply = worker._recv_exact(raw, 4 + 32 + 32)
+    assert reply[:4] == b"FTW1"
+    raw.sendall(b"\0" * 32)  # not HMAC(key, "client" + its nonce)
+    assert raw.recv(2) == b"NO"
+    raw.close()
+
+
+def test_a_peer_of_another_uid_is_refused_by_the_client(home, monkeypatch):
+    import socket
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    monkeypatch.setattr(worker.os, "getuid", lambda: 4242)  # we pretend to be uid 4242; the peer is not
+    with pytest.raises(worker.WorkerChannelError, match=f"runs as uid {os.geteuid()}, not you"):
+        worker._client_handshake(a, b"k", "addr")
+    a.close()
+    b.close()
+
+
+def test_heartbeats_keep_a_long_task_alive_past_the_receive_timeout(home, monkeypatch):
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.1)
+    addr = worker.address("node-beat")
+    _serve_in_thread(addr, {"slow": lambda: time.sleep(1.0) or "done"})
+    assert worker.call("node-beat", "slow", owner_pid=os.getpid(), receive_timeout=0.4) == "done"
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 5.0)  # a worker that goes quiet is given up on
+    with pytest.raises(worker.WorkerChannelError, match="sent nothing for 0 s"):
+        worker.call("node-beat", "slow", owner_pid=os.getpid(), receive_timeout=0.4)
+
+
+def test_a_dropped_client_does_not_get_a_second_task_running_beside_the_first(home, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.05)
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def task():
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.6)
+        with lock:
+            running[0] -= 1
+        return "ok"
+
+    addr = worker.address("node-drop")
+    _serve_in_thread(addr, {"task": task})
+    sock = worker.connect(addr, worker._authkey())
+    worker.send_frame(sock, {"task": "task"}, [])
+    sock.close()  # the ClientApp dies mid-task
+    assert worker.call("node-drop", "task", owner_pid=os.getpid()) == "ok"
+    assert most[0] == 1
+
+
+def test_a_node_config_at_another_rank_and_zero_d_arrays_cross_the_channel(home):
+    import numpy as np
+
+    from flowertune.config import at_rank
+
+    cfg = at_rank(from_flat({**Config().to_flat(), "model.lora.peft-lora-r": 8, "model.lora.peft-lora-alpha": 10}), 3)
+    assert cfg.adapter.alpha == 3.75
+    addr = worker.address("node-rank")
+    _serve_in_thread(addr, {"echo": lambda c, arrs: (c.adapter.alpha, c.adapter.r, arrs)})
+    alpha, r, arrs = worker.call("node-rank", "echo", cfg, {"s": np.array(2.0, dtype=np.float32)},
+                                 owner_pid=os.getpid())
+    assert (alpha, r) == (3.75, 3) and arrs["s"].shape == () and float(arrs["s"]) == 2.0
