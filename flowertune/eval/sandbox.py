@@ -15,12 +15,17 @@ no host mount underneath to uncover. Each run gets:
 * resource limits: ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC``, ``RLIMIT_FSIZE``, no core files, a
   wall-clock limit that kills the launcher, whose death empties the PID namespace (every descendant goes
   with it, ``setsid`` or not);
+* a seccomp filter (x86-64) that refuses with EPERM the kernel interfaces generated code has no use for
+  and that kernel exploits favour (:data:`DENIED_SYSCALLS_X86_64`: keyrings, bpf, perf events, io_uring,
+  userfaultfd, ptrace, mounts, namespaces, modules...), and every 32-bit or x32 syscall;
 * a bound for the whole program, all its processes together: a cgroup per run with ``memory_mb`` of
-  memory (tmpfs pages included, no swap) and ``nproc`` tasks, where one can be made (cgroup v2 with the
-  memory and pids controllers delegated, else cgroup v1, which needs root). Without one (a non-root user
-  on a machine without delegation) the documented fallback is the per-process limits: RLIMIT_NPROC counts
-  only the sandbox's own processes and threads (it is counted per user namespace since Linux 5.14), so
-  the program's memory is at most ``nproc × memory_mb`` address space plus the tmpfs.
+  memory (tmpfs pages included, no swap) and ``nproc`` tasks, where one can be made: cgroup v1's memory
+  and pids hierarchies as root, or a cgroup v2 whose ``cgroup.subtree_control`` already enables memory
+  and pids for our children (a delegated subtree; on most v2 hosts our own cgroup holds processes and
+  cannot, so there the fallback applies). The fallback (``isolation().cgroup`` is None) is the per-process
+  limits: RLIMIT_NPROC counts only the sandbox's own processes and threads (per user namespace since Linux
+  5.14), so the program's memory is at most ``nproc × memory_mb`` of address space (``nproc × 4096`` MB for
+  JavaScript, whose V8 reserves address space it does not use) plus the tmpfs.
 
 Two ways to get there (probed once per process, see :func:`isolation`):
 
@@ -61,6 +66,7 @@ log = logging.getLogger(__name__)
 LANGUAGES = ("python", "cpp", "js")
 _UID_BASE = 200_000  # throw-away uids: _UID_BASE + (pid % 50_000) * _SLOTS + slot; none has a passwd entry
 _SLOTS = 64
+NOFILE = 256  # open files per process
 INSIDE_UID = 65534  # the program's uid and gid inside the user namespace ("nobody")
 UNSAFE_FLAG = "--unsafe-sandbox"
 # read-only system paths the programs need; /bin, /lib... are links into /usr on merged-/usr systems
@@ -132,7 +138,8 @@ class Isolation:
             return f"no isolation ({self.reason})"
         bound = f"cgroup {self.cgroup}" if self.cgroup else "per-process limits (no cgroup can be made here)"
         who = "a throw-away uid" if self.mode == "root" else "your uid"
-        return f"bubblewrap as {who}, whole-program memory/tasks bound: {bound}"
+        seccomp = "a seccomp filter" if seccomp_filter() is not None else "no seccomp filter (not x86-64)"
+        return f"bubblewrap as {who}, {seccomp}, whole-program memory/tasks bound: {bound}"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -153,6 +160,7 @@ def require() -> Isolation:
     """
     iso = isolation()
     if iso.isolated:
+        python_executable()  # raises SandboxUnavailable now rather than after a model has generated
         return iso
     if _UNSAFE["allowed"]:
         log.warning("sandbox: %s; running generated code WITHOUT isolation (%s)", iso.reason, UNSAFE_FLAG)
@@ -195,7 +203,12 @@ def isolation() -> Isolation:
         return Isolation("none", reason=f"bwrap did not start: {e}")
     if probe.returncode != 0:
         err = probe.stderr.decode("utf-8", "replace").strip().splitlines()
-        return Isolation("none", reason=f"bwrap failed: {err[-1] if err else probe.returncode}")
+        last = err[-1] if err else str(probe.returncode)
+        if "Unknown option" in last or "unrecognized option" in last:
+            version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True, check=False).stdout
+            return Isolation("none", reason=f"bubblewrap 0.8 or newer is needed ({version.strip() or 'older'} "
+                                            f"found: {last})")
+        return Isolation("none", reason=f"bwrap failed: {last}")
     return Isolation(mode, cgroup=_Cgroup.kind())
 
 
@@ -212,7 +225,8 @@ def python_executable() -> tuple[str, str]:
     """A Python interpreter the sandbox can run, and its prefix (bound read-only when outside ``/usr``).
 
     The system's python3 comes first (the results do not depend on the venv's version), then our own base
-    interpreter (not the venv: generated code gets the standard library only).
+    interpreter (not the venv: generated code gets the interpreter's standard library and the system
+    site-packages under ``/usr``, never flowertune's environment).
     """
     root = os.geteuid() == 0
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", getattr(sys, "_base_executable", None),
@@ -264,7 +278,47 @@ def _prlimit(limits: Limits, as_mb: int) -> list[str]:
     cpu = max(1, math.ceil(cpu))
     mb = 1024 * 1024
     return ["prlimit", f"--cpu={cpu}:{cpu + 1}", f"--as={as_mb * mb}", f"--nproc={limits.nproc}",
-            f"--fsize={limits.file_mb * mb}", "--core=0", "--"]  # fmt: skip
+            f"--fsize={limits.file_mb * mb}", "--core=0", f"--nofile={NOFILE}", "--"]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------
+# seccomp: the kernel interfaces generated code has no use for, refused with EPERM (x86-64)
+
+# Linux x86-64 syscall numbers: kernel keyrings, bpf, perf events, userfaultfd, io_uring, ptrace and
+# cross-process memory, modules and kexec, mounts and namespaces, handle-based opens, clock and system setters
+DENIED_SYSCALLS_X86_64 = {
+    "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "ptrace": 101,
+    "process_vm_readv": 310, "process_vm_writev": 311, "kexec_load": 246, "kexec_file_load": 320,
+    "init_module": 175, "finit_module": 313, "delete_module": 176, "mount": 165, "umount2": 166,
+    "pivot_root": 155, "swapon": 167, "swapoff": 168, "reboot": 169, "unshare": 272, "setns": 308,
+    "open_by_handle_at": 304, "name_to_handle_at": 303, "fanotify_init": 300, "acct": 163, "quotactl": 179,
+    "syslog": 103, "personality": 135, "settimeofday": 164, "clock_settime": 227, "adjtimex": 159,
+    "clock_adjtime": 305, "iopl": 172, "ioperm": 173, "lookup_dcookie": 212, "vhangup": 153,
+}
+
+
+def seccomp_filter() -> bytes | None:
+    """A classic-BPF seccomp program for bwrap's ``--seccomp``: deny :data:`DENIED_SYSCALLS_X86_64` (and every
+    32-bit or x32 syscall) with EPERM, allow the rest. None off x86-64 (no filter; the namespaces still apply)."""
+    import platform
+    import struct as st
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    errno_eperm, allow, arch_x86_64, x32_bit = 0x00050000 | 1, 0x7FFF0000, 0xC000003E, 0x40000000
+    nrs = sorted(set(DENIED_SYSCALLS_X86_64.values()))
+    n = len(nrs)
+
+    def op(code: int, jt: int, jf: int, k: int) -> bytes:
+        return st.pack("<HBBI", code, jt, jf, k)
+
+    prog = [op(ld_abs, 0, 0, 4), op(jeq, 1, 0, arch_x86_64), op(ret, 0, 0, errno_eperm),  # arch: x86-64 only
+            op(ld_abs, 0, 0, 0), op(jge, n + 1, 0, x32_bit)]  # the syscall number; x32 numbers denied
+    prog += [op(jeq, n - i, 0, nr) for i, nr in enumerate(nrs)]
+    prog += [op(ret, 0, 0, allow), op(ret, 0, 0, errno_eperm)]
+    return b"".join(prog)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -330,16 +384,19 @@ class _Cgroup:
         self.dirs = [p / name for p in parents.values()]
         mem = str(limits.memory_mb * 1024 * 1024)
         tasks = str(limits.nproc + 4)  # + bwrap's launcher and PID-1 reaper, setpriv/sh before exec
-        for d in self.dirs:
-            d.mkdir(exist_ok=True)
         if "" in parents:
             settings = {"memory.max": mem, "memory.swap.max": "0", "pids.max": tasks}
         else:
             settings = {"memory.limit_in_bytes": mem, "memory.memsw.limit_in_bytes": mem, "pids.max": tasks}
-        for d in self.dirs:
-            for key, value in settings.items():
-                if (d / key).exists():
-                    (d / key).write_text(value)
+        try:
+            for d in self.dirs:
+                d.mkdir(exist_ok=True)
+                for key, value in settings.items():
+                    if (d / key).exists():
+                        (d / key).write_text(value)
+        except OSError:
+            self.remove()  # nothing half-made is left behind
+            raise
 
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs]
@@ -362,12 +419,15 @@ class _Cgroup:
                         log.warning("sandbox: could not remove cgroup %s: %s", d, e)
                         break
                     time.sleep(0.02)
+            else:
+                log.warning("sandbox: cgroup %s still busy after 1 s; left in place", d)
 
 
 # PID 1 of the namespace: a shell that runs the program as its child and exits with its status (128 + signal
 # when killed), which tears the namespace down, survivors included. The program is not PID 1 itself because
 # the kernel does not deliver default-action signals such as RLIMIT_CPU's SIGXCPU to a namespace's init.
-_PID1 = '"$@"; exit $?'
+STARTED = "flowertune-sandbox: started"  # PID 1's first line on stderr: the namespaces and mounts are in place
+_PID1 = f'echo "{STARTED}" >&2; "$@"; exit $?'
 _JOIN = 'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
 
 
@@ -394,6 +454,14 @@ class _SlotPool:
 
 
 _SLOT_POOL = _SlotPool(_SLOTS)
+
+
+def _head(path: Path, n: int) -> str:
+    try:
+        with path.open("rb") as f:
+            return f.read(n).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _tail(path: Path, n: int = 2000) -> str:
@@ -438,6 +506,12 @@ def _execute(argv: list[str], box: Path, limits: Limits, slot: int, files: dict[
                 cmd += ["--bind", str(out_dir), "/tmp/out"]
             status_fd = os.open(status, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             fds.append(status_fd)
+            bpf = seccomp_filter()
+            if bpf is not None:
+                (box / "seccomp.bpf").write_bytes(bpf)
+                seccomp_fd = os.open(box / "seccomp.bpf", os.O_RDONLY)
+                fds.append(seccomp_fd)
+                cmd += ["--seccomp", str(seccomp_fd)]
             cmd += ["--remount-ro", "/", "--remount-ro", "/dev", "--json-status-fd", str(status_fd),
                     "--setenv", "HOME", "/tmp/work", "--setenv", "TMPDIR", "/tmp",
                     "--", "sh", "-c", _PID1, "sandbox", *_prlimit(limits, as_mb), *argv]  # fmt: skip
@@ -446,7 +520,10 @@ def _execute(argv: list[str], box: Path, limits: Limits, slot: int, files: dict[
             if iso.cgroup:
                 parents = _Cgroup._parents()
                 if parents is not None:
-                    group = _Cgroup(parents, f"flowertune-sandbox-{os.getpid()}-{slot}", limits)
+                    try:
+                        group = _Cgroup(parents, f"flowertune-sandbox-{os.getpid()}-{slot}", limits)
+                    except OSError as e:  # the bound this machine promised cannot be set: do not run unbounded
+                        return _Run(None, False, 0.0, f"sandbox: cannot make the run's cgroup: {e}", True)
                     cmd = ["sh", "-c", _JOIN, "join", *group.procs_files(), "--", *cmd]
             cwd = Path("/")
         else:  # the unsafe mode, allowed by require()
@@ -480,8 +557,13 @@ def _execute(argv: list[str], box: Path, limits: Limits, slot: int, files: dict[
                     pass
                 proc.wait()
         seconds = time.monotonic() - start
-        setup_failed = iso.isolated and "child-pid" not in _tail(status, 4096) and not timed_out
-        return _Run(proc.returncode, timed_out, seconds, _tail(stderr), setup_failed)
+        err = _tail(stderr)
+        started = _head(stderr, len(STARTED) + 1) == STARTED + "\n"
+        if started and err.startswith(STARTED + "\n"):
+            err = err[len(STARTED) + 1:]
+        # bwrap reports the child's pid before it mounts anything: only PID 1's first line says it all worked
+        setup_failed = iso.isolated and not started and not timed_out
+        return _Run(proc.returncode, timed_out, seconds, err, setup_failed)
     finally:
         for fd in fds:
             os.close(fd)
@@ -490,9 +572,10 @@ def _execute(argv: list[str], box: Path, limits: Limits, slot: int, files: dict[
 
 
 def _kill_namespace(status: Path, proc: subprocess.Popen) -> None:
-    """Kill bwrap's PID-1 reaper, which empties the PID namespace; bwrap then reaps it and exits.
+    """Kill the namespace's PID 1 (our shell, ``child-pid`` in bwrap's status), which empties the PID
+    namespace; bwrap, its parent, then reaps it and exits.
 
-    Killing bwrap first would orphan the reaper to the machine's init, which in a container may never reap.
+    Killing bwrap first would orphan PID 1 to the machine's init, which in a container may never reap it.
     """
     for line in _tail(status, 4096).splitlines():
         try:
@@ -511,6 +594,15 @@ def _kill_namespace(status: Path, proc: subprocess.Popen) -> None:
             return
 
 
+def _box_base(iso: Isolation) -> str | None:
+    """Where run directories go: the temp dir, unless the throw-away uid (root mode) cannot traverse its
+    parents to reach the C++ build directory; then ``/tmp``."""
+    base = tempfile.gettempdir()
+    if iso.mode == "root" and not all(p.stat().st_mode & stat.S_IXOTH for p in [Path(base), *Path(base).parents]):
+        return "/tmp"
+    return None
+
+
 def run_program(program: Program, limits: Limits | None = None) -> Result:
     """Run one program in the sandbox; passed means exit status 0 within the limits.
 
@@ -521,7 +613,7 @@ def run_program(program: Program, limits: Limits | None = None) -> Result:
     limits = limits or Limits()
     iso = require()
     slot = _SLOT_POOL.acquire()
-    box = Path(tempfile.mkdtemp(prefix="flowertune-sandbox-"))
+    box = Path(tempfile.mkdtemp(prefix="flowertune-sandbox-", dir=_box_base(iso)))
     try:
         (box / "work").mkdir(mode=0o700)
         name = {"python": "prog.py", "cpp": "prog.cpp", "js": "prog.js"}[program.language]
@@ -559,9 +651,9 @@ def _result(run: _Run, seconds: float, stage: str) -> Result:
     rc = run.returncode
     if run.timed_out:
         status = "timeout"
-    elif run.setup_failed:
-        status = "error"
-        log.error("sandbox setup failed: %s", run.stderr.strip()[-500:])
+    elif run.setup_failed or (rc in (126, 127) and ("not found" in run.stderr or "cannot execute" in run.stderr)):
+        status = "error"  # the sandbox's fault (or a compiler/runtime missing), not the program's
+        log.error("sandbox: %s", run.stderr.strip()[-500:])
     elif rc == 0:
         status = "passed"
     # SIGXCPU is the soft CPU limit and SIGKILL (from the hard limit one second later) the hard one

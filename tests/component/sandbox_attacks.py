@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,21 @@ def _host_processes_with(text: str) -> list[int]:
                     found.append(int(entry.name))
             except OSError:
                 pass
+    return found
+
+
+def _sandbox_pids(exclude: set[int]) -> list[int]:
+    """Processes of the sandbox's uids: the throw-away ones (root mode), else ours minus ``exclude``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        try:
+            uid = int(next(ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("Uid:")).split()[1])
+        except (OSError, StopIteration):
+            continue
+        if (uid >= sandbox._UID_BASE) if os.geteuid() == 0 else (uid == os.getuid()):
+            found.append(int(entry.name))
     return found
 
 
@@ -137,8 +153,29 @@ if os.fork() == 0:
     os._exit(0)
 say(parent='exits')
 """)
+    attack("seccomp", probe + """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+for name, nr in [('keyctl', 250), ('io_uring_setup', 425), ('bpf', 321), ('perf_event_open', 298),
+                 ('userfaultfd', 323), ('ptrace', 101)]:
+    ctypes.set_errno(0)
+    r = libc.syscall(nr, 0, 0, 0, 0, 0)
+    say(syscall=name, result=r, errno=ctypes.get_errno())
+""")
     bomb = "import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)\n"
-    attack("fork_bomb", bomb, sandbox.Limits(wall_s=3, nproc=32))
+    peak = {"tasks": 0}
+    done = threading.Event()
+
+    def watch() -> None:  # the most sandbox processes alive at once, seen from the host
+        while not done.is_set():
+            peak["tasks"] = max(peak["tasks"], len(_sandbox_pids({os.getpid(), marker.pid})))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    attack("fork_bomb", bomb, sandbox.Limits(wall_s=3, nproc=32), host=lambda: {"peak_tasks": peak["tasks"]})
+    done.set()
+    watcher.join()
     attack("after_fork_bomb", "print('fine')\n")
     # every child holds 150 MB at once (each under the 256 MB per-process limit); the whole-program bound
     # decides how many can
