@@ -62,7 +62,18 @@ def steps_or_epochs(flat: dict[str, Any], sources: dict[str, str]) -> None:
     """When both ``max-steps`` and ``num-train-epochs`` are set (> 0), the one from the later layer wins; on
     the same layer (a FlowerTune template sets both) ``max-steps`` wins, as in transformers' trainer, which
     the templates run. The loser is set to 0, with a warning. In place."""
-    steps, epochs = int(flat.get(STEPS, 0) or 0), int(flat.get(EPOCHS, 0) or 0)
+    def as_int(v: Any) -> int | None:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            return None
+        try:
+            f = float(v)
+        except ValueError:
+            return None
+        return int(f) if f.is_integer() else None
+
+    steps, epochs = as_int(flat.get(STEPS, 0)), as_int(flat.get(EPOCHS, 0))
+    if steps is None or epochs is None:
+        return  # a value of the wrong type: config validation says so in one line
     if steps <= 0 or epochs <= 0:
         return
     if _RANK.get(sources.get(STEPS, "default"), 0) >= _RANK.get(sources.get(EPOCHS, "default"), 0):
@@ -70,8 +81,11 @@ def steps_or_epochs(flat: dict[str, Any], sources: dict[str, str]) -> None:
                     "templates train with): %d optimizer steps a round; set max-steps=0 for epochs",
                     STEPS, steps, EPOCHS, epochs, steps)
         flat[EPOCHS] = 0
-    else:
-        flat[STEPS] = 0  # epochs from a later layer (e.g. a recipe's over the defaults' max-steps)
+    else:  # epochs from a later layer (e.g. a recipe's over its preset's max-steps)
+        if sources.get(STEPS, "default") != "default":
+            log.warning("%s=%d (%s) gives way to %s=%d (%s): whole local epochs a round", STEPS, steps,
+                        sources.get(STEPS), EPOCHS, epochs, sources.get(EPOCHS))
+        flat[STEPS] = 0
 
 
 def preset_run_config(name: str | None, user: Mapping[str, Any] | None = None, recipe: str | None = None) -> str:

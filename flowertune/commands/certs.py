@@ -47,10 +47,16 @@ def _private_out(out: Path, keep: list[str], force: bool, what: str) -> None:
     if existing and not force:
         raise ConfigError(f"{out} already holds {what} ({', '.join(existing)}); pass --force to replace it (whatever "
                           "it signed or registered stops working) or choose another directory")
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if out.stat().st_uid != os.getuid():
-        raise ConfigError(f"{out} belongs to another user; choose a directory of yours")
-    out.chmod(0o700)
+    if out.exists():
+        st = out.stat()
+        if st.st_uid != os.getuid():
+            raise ConfigError(f"{out} belongs to another user; choose a directory of yours")
+        if st.st_mode & 0o077:
+            raise ConfigError(f"{out} can be entered by other users (mode {oct(st.st_mode & 0o777)}); give a new "
+                              f"directory, or make this one private first (chmod 700 {out})")
+        return
+    out.mkdir(parents=True, mode=0o700)
+    out.chmod(0o700)  # whatever the umask
 
 
 def _node_pair() -> tuple[bytes, bytes]:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,10 @@ def handler(args: argparse.Namespace) -> int:
     from flowertune.models.load import load_model, load_tokenizer
 
     cfg = ModelConfig(name=model_name, dtype=args.dtype, quantization=args.quantization)
+    if args.run is not None and model_name == run_model_name(args.run):  # the revision the adapter was trained on
+        run_cfg = _run_config(args.run)
+        cfg = replace(cfg, revision=str(run_cfg.get("model.revision", "")),
+                      trust_remote_code=bool(run_cfg.get("model.trust-remote-code", False)))
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg)
     if adapter is not None:

@@ -42,7 +42,7 @@ def handle(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{args.run_dir} cannot be submitted yet: " + "; ".join(gaps))
             from flowertune.report.hub import check_can_push
 
-            user = check_can_push(args.push_to_hub)
+            user = check_can_push(args.push_to_hub, args.private)
         except ConfigError as exc:
             print(f"flowertune submit: {exc}", file=sys.stderr)
             return 2

@@ -10,6 +10,7 @@ directory. Everything that can be known before building is checked first (:func:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 from flowertune.config import ConfigError
 
 
-def check_can_push(repo_id: str) -> str:
-    """Before anything is built: a valid repo id, online, a token, and the Hub answering; returns the user.
+def check_can_push(repo_id: str, private: bool = False) -> str:
+    """Before anything is built: a valid repo id, online, a token, the Hub answering, and with ``private`` no
+    public repository of that name to upload into; returns the user.
 
     Raises :class:`ConfigError` with one line naming the problem and the fix.
     """
@@ -46,13 +48,29 @@ def check_can_push(repo_id: str) -> str:
         raise ConfigError(f"--push-to-hub: the Hub at {constants.ENDPOINT} did not answer "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
                           "check the network and the token") from None
+    if private:
+        from huggingface_hub.utils import RepositoryNotFoundError
+
+        try:
+            info = HfApi().repo_info(repo_id, repo_type="model", token=token)
+        except RepositoryNotFoundError:
+            info = None
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"--push-to-hub {repo_id}: cannot tell whether it exists ({type(exc).__name__}); "
+                              "check the network and the token") from None
+        if info is not None and not info.private:
+            raise ConfigError(f"--push-to-hub {repo_id} --private: the repository exists and is public; make it "
+                              "private on the Hub first, or choose another name")
     return str(who.get("name", ""))
 
 
 def model_card(readme: str, config: dict[str, Any], challenge: str | None) -> str:
     """The submission README with the Hub's YAML metadata header."""
     tags = ["flowertune", "federated-learning", "flower", "lora", *([challenge] if challenge else [])]
-    header = ["---", "library_name: peft", f"base_model: {json.dumps(str(config.get('model.name', '')))}",
+    base = str(config.get("model.name", ""))
+    # only a Hub id names a base model there: not 'embedded', a .gguf file or a local path (kept off a public card)
+    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", base) is not None and not Path(base).exists()
+    header = ["---", "library_name: peft", *([f"base_model: {json.dumps(base)}"] if hub_id else []),
               "tags:", *[f"- {t}" for t in tags], "---", ""]
     return "\n".join(header) + readme
 

@@ -97,3 +97,15 @@ def test_register_checks_its_inputs_before_connecting(tmp_path, capsys):
     assert main(["register", str(tmp_path / "nope.pub"), "--superlink", "127.0.0.1:8000"]) == 2
     assert "certs --node" in capsys.readouterr().err
     assert not (tmp_path / "flwr").exists()
+
+
+def test_certs_keeps_a_directory_others_can_enter_as_it_is(tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    assert main(["certs", "--node", str(shared)]) == 2
+    assert "can be entered by other users" in capsys.readouterr().err
+    assert (shared.stat().st_mode & 0o777) == 0o755 and list(shared.iterdir()) == []
+    fresh = tmp_path / "a" / "b"
+    assert main(["certs", "--node", str(fresh)]) == 0
+    assert (fresh.stat().st_mode & 0o777) == 0o700

@@ -333,3 +333,11 @@ def test_what_the_hub_gets_is_a_loadable_adapter_with_a_model_card(tmp_path: Pat
     assert card.startswith("---\nlibrary_name: peft\nbase_model: \"Qwen/Qwen2.5-7B-Instruct\"\n")
     assert "- finance" in card and "### Evaluation Results" in card
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before  # the folder is unchanged
+
+
+def test_the_model_card_names_a_hub_base_model_only(tmp_path: Path) -> None:
+    from flowertune.report.hub import model_card
+
+    assert 'base_model: "Qwen/Qwen2.5-7B-Instruct"' in model_card("x", {"model.name": "Qwen/Qwen2.5-7B-Instruct"}, None)
+    for local in ("embedded", str(tmp_path), "/models/llama-3.1-8b", "model.gguf"):
+        assert "base_model" not in model_card("x", {"model.name": local}, "finance")
