@@ -11,10 +11,11 @@ no host mount underneath to uncover. Each run gets:
   ``$HOME``, no host ``/tmp``, ``/run`` or ``/var``, no project or run directories, a private ``/proc``
   that lists only the sandbox's processes, a minimal ``/dev``;
 * a size-bounded tmpfs ``/tmp`` (``Limits.tmpfs_mb``) holding the work directory ``/tmp/work`` and a
-  bounded ``/dev/shm``; the program's source is copied in, nothing of it touches the host disk;
-* resource limits: ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC``, ``RLIMIT_FSIZE``, no core files, a
-  wall-clock limit that kills the launcher, whose death empties the PID namespace (every descendant goes
-  with it, ``setsid`` or not);
+  bounded ``/dev/shm``; the program's source is copied in (a C++ build's binary comes back through a 0700
+  host directory, bounded by the compile stage's file-size limit and removed after the run);
+* resource limits: ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC``, ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no
+  core files, and a wall-clock limit that kills the namespace's PID 1 (a shell running the program), whose
+  death empties the PID namespace (every descendant goes with it, ``setsid`` or not);
 * a seccomp filter (x86-64) that refuses with EPERM the kernel interfaces generated code has no use for
   and that kernel exploits favour (:data:`DENIED_SYSCALLS_X86_64`: keyrings, bpf, perf events, io_uring,
   userfaultfd, ptrace, mounts, namespaces, modules...), and every 32-bit or x32 syscall;
@@ -31,8 +32,8 @@ Two ways to get there (probed once per process, see :func:`isolation`):
 
 * ``"root"``: we are root; ``setpriv`` first switches to a throw-away uid (one per concurrent slot, no
   passwd entry, no capabilities, ``no_new_privs``), which then runs bwrap unprivileged. The throw-away uid
-  keeps the program out of root's files even if a kernel bug let it out of the namespaces, and makes the
-  kernel count RLIMIT_NPROC for uid 0's exemption-free.
+  keeps the program out of root's files even if a kernel bug let it out of the namespaces, and makes
+  RLIMIT_NPROC apply (the kernel exempts uid 0 from it).
 * ``"user"``: not root; bwrap runs as the invoking user (unprivileged user namespaces must be allowed).
 
 Otherwise generated code is refused (:class:`SandboxUnavailable`, naming the fix) unless the caller
@@ -145,12 +146,12 @@ class Isolation:
 # --------------------------------------------------------------------------------------------------------------
 # policy: refuse, or run unisolated only when the caller said so
 
-_UNSAFE = {"allowed": False}
+_UNSAFE = {"allowed": False, "warned": False}
 
 
 def allow_unsafe(allowed: bool = True) -> None:
     """Let :func:`run_program` fall back to resource limits only where bwrap cannot run (``--unsafe-sandbox``)."""
-    _UNSAFE["allowed"] = allowed
+    _UNSAFE["allowed"], _UNSAFE["warned"] = allowed, False
 
 
 def require() -> Isolation:
@@ -163,7 +164,9 @@ def require() -> Isolation:
         python_executable()  # raises SandboxUnavailable now rather than after a model has generated
         return iso
     if _UNSAFE["allowed"]:
-        log.warning("sandbox: %s; running generated code WITHOUT isolation (%s)", iso.reason, UNSAFE_FLAG)
+        if not _UNSAFE.get("warned"):
+            log.warning("sandbox: %s; running generated code WITHOUT isolation (%s)", iso.reason, UNSAFE_FLAG)
+            _UNSAFE["warned"] = True
         return iso
     raise SandboxUnavailable(
         f"the code sandbox cannot isolate generated programs here ({iso.reason}): install bubblewrap "

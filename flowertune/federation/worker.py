@@ -7,7 +7,8 @@ process that it starts on first use and that stays alive between rounds (it exit
 SuperNode — is gone, so a dead node does not keep a model in memory).
 
 The channel: a Unix socket in a 0700 directory of the user's (``$XDG_RUNTIME_DIR/flowertune``, else
-``$FLOWERTUNE_HOME/run``). Before connecting, the client checks that the directory and the socket are its
+``$FLOWERTUNE_HOME/run``, else -- when that path is too long for AF_UNIX -- ``/tmp/flowertune-<uid>``, which is
+refused if someone else made it). Before connecting, the client checks that the directory and the socket are its
 own and, once connected, that the peer process runs as its uid (``SO_PEERCRED``); then both sides prove they
 hold the node's key (HMAC-SHA256 over the other's fresh nonce, ``worker.key``, 0600) within a timeout.
 Frames are a JSON header plus safetensors blobs — no pickle: a Config travels as its flat keys, adapter
@@ -70,20 +71,29 @@ MAX_HEADER = 1 << 20  # JSON header bytes
 MAX_BLOB = 1 << 34  # safetensors bytes (an 8B model's adapter at r=64 is ~0.7 GB in fp32)
 
 
+SOCKET_NAME_BYTES = len("worker-0123456789abcdef.sock")
+_UNIX_PATH_MAX = 107  # bytes of an AF_UNIX socket path
+
+
 def socket_dir() -> Path:
-    """The directory of this user's worker sockets: ``$XDG_RUNTIME_DIR/flowertune`` (when that is a private
-    directory of ours), else ``$FLOWERTUNE_HOME/run``; created 0700 and checked to be ours and private."""
+    """The directory of this user's worker sockets, created 0700 and checked to be ours and private: the first of
+    ``$XDG_RUNTIME_DIR/flowertune`` (when that is a private directory of ours), ``$FLOWERTUNE_HOME/run`` and
+    ``/tmp/flowertune-<uid>`` in which a socket path fits AF_UNIX's 107 bytes."""
+    candidates = []
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = None
     if runtime:
         try:
             st = os.lstat(runtime)
             if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
-                base = Path(runtime) / "flowertune"
+                candidates.append(Path(runtime) / "flowertune")
         except OSError:
             pass
-    path = base or flowertune_home() / "run"
-    private_dir(path)
+    candidates += [flowertune_home() / "run", Path("/tmp") / f"flowertune-{os.getuid()}"]
+    path = next(c for c in candidates if len(str(c).encode()) + 1 + SOCKET_NAME_BYTES <= _UNIX_PATH_MAX)
+    try:
+        private_dir(path)
+    except OSError:
+        pass  # not ours to create or tighten: the check below says so in one line
     _check_private(path)
     return path
 
@@ -99,11 +109,7 @@ def _check_private(path: Path) -> None:
 def address(node_key: str) -> str:
     """Socket path of the worker for ``node_key``, in :func:`socket_dir` (AF_UNIX allows 107 bytes)."""
     digest = hashlib.sha256(f"{flowertune_home()}:{node_key}".encode()).hexdigest()[:16]
-    path = str(socket_dir() / f"worker-{digest}.sock")
-    if len(path.encode()) > 107:
-        raise WorkerChannelError(f"the worker socket path {path} is longer than AF_UNIX's 107 bytes; set "
-                                 "FLOWERTUNE_HOME (or XDG_RUNTIME_DIR) to a shorter directory")
-    return path
+    return str(socket_dir() / f"worker-{digest}.sock")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -301,3 +301,23 @@ def test_a_node_config_at_another_rank_and_zero_d_arrays_cross_the_channel(home)
     alpha, r, arrs = worker.call("node-rank", "echo", cfg, {"s": np.array(2.0, dtype=np.float32)},
                                  owner_pid=os.getpid())
     assert (alpha, r) == (3.75, 3) and arrs["s"].shape == () and float(arrs["s"]) == 2.0
+
+
+def test_a_home_too_long_for_af_unix_falls_back_to_a_private_tmp_dir(tmp_path, monkeypatch):
+    long_home = tmp_path / ("h" * 60) / ("o" * 40)
+    monkeypatch.setenv("FLOWERTUNE_HOME", str(long_home))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    addr = worker.address("node-long")
+    assert os.path.dirname(addr) == f"/tmp/flowertune-{os.getuid()}" and len(addr.encode()) <= 107
+    assert (os.stat(os.path.dirname(addr)).st_mode & 0o777) == 0o700
+    _serve_in_thread(addr, {"ping": lambda: "pong"})
+    assert worker.call("node-long", "ping", owner_pid=os.getpid()) == "pong"
+    os.unlink(addr)
+    if os.geteuid() == 0:  # someone else's directory there is refused, not used
+        d = f"/tmp/flowertune-{os.getuid()}"
+        os.chown(d, 65533, 65533)
+        try:
+            with pytest.raises(worker.WorkerChannelError, match="only you can enter"):
+                worker.address("node-long")
+        finally:
+            os.chown(d, 0, 0)
