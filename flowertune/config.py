@@ -330,6 +330,22 @@ def _coerce(k: str, value: Any, typ: type) -> Scalar:
     raise ConfigError(f"config key {k!r} expects {typ.__name__}, got {value!r}")
 
 
+def flatten_toml(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """TOML's nested tables as flat dotted keys (``{"model": {"lora": {"peft-lora-r": 8}}}`` ->
+    ``{"model.lora.peft-lora-r": 8}``); a value that is not a number, boolean or string is a ConfigError."""
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, Mapping):
+            out.update(flatten_toml(v, f"{prefix}{k}."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[f"{prefix}{k}"] = v
+        else:
+            hint = " (a list is one comma-separated string, e.g. \"q_proj,v_proj\")" if isinstance(v, list) else ""
+            raise ConfigError(f"{prefix}{k}: a config value is a number, a boolean or a string, not a "
+                              f"{type(v).__name__}{hint}")
+    return out
+
+
 def check_keys(flat: Mapping[str, Any]) -> None:
     """Reject unknown keys, suggesting the closest valid ones."""
     unknown = [k for k in flat if k not in _KEYS]

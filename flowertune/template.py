@@ -42,19 +42,9 @@ def is_template(doc: Mapping[str, Any]) -> bool:
     return isinstance(doc.get("tool"), Mapping) and isinstance(doc["tool"].get("flwr"), Mapping)
 
 
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in table.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def template_overrides(doc: Mapping[str, Any], source: str = "pyproject.toml") -> dict[str, Any]:
     """Our flat keys from a FlowerTune app's parsed ``pyproject.toml`` (warning once per key it drops)."""
-    from flowertune.config import ConfigError, valid_keys
+    from flowertune.config import ConfigError, flatten_toml, valid_keys
     from flowertune.presets import PRESETS
 
     app = doc["tool"]["flwr"].get("app", {})
@@ -63,7 +53,7 @@ def template_overrides(doc: Mapping[str, Any], source: str = "pyproject.toml") -
         raise ConfigError(f"{source} has no [tool.flwr.app.config] table; give a FlowerTune app's pyproject.toml")
     keys = set(valid_keys())
     out: dict[str, Any] = {}
-    for key, value in _flatten(config).items():
+    for key, value in flatten_toml(config).items():
         if key in IGNORED:
             log.warning("%s: %s ignored: %s", source, key, IGNORED[key])
             continue

@@ -15,25 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from flowertune.config import Config, ConfigError, from_flat, toml_value
+from flowertune.config import Config, ConfigError, flatten_toml, from_flat, toml_value
 from flowertune.federation.rundir import LOG, default_run_path, read_summary, unfinished_reason
 from flowertune.launch.connections import check_transport, connection_name, ensure_connection
 from flowertune.launch.flwr import flwr_command, flwr_env, write_run_config
 from flowertune.launch.logtee import run_logged
-
-
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested TOML tables as dotted keys (``{"model": {"lora": {"r": 8}}}`` -> ``{"model.lora.r": 8}``)."""
-    out: dict[str, Any] = {}
-    for k, v in table.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        elif isinstance(v, (bool, int, float, str)):
-            out[f"{prefix}{k}"] = v
-        else:
-            raise ConfigError(f"{prefix}{k}: a config value is a number, a boolean or a string, not a "
-                              f"{type(v).__name__}")
-    return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -52,7 +38,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"-c {item}: not valid TOML ({exc})") from None
             from flowertune.template import is_template, template_overrides
 
-            out.update(template_overrides(doc, item) if is_template(doc) else _flatten(doc))
+            out.update(template_overrides(doc, item) if is_template(doc) else flatten_toml(doc))
             continue
         for pair in shlex.split(item):
             if "=" not in pair:

@@ -19,9 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
-from flowertune.config import ConfigError, Scalar, check_keys, from_flat
+from flowertune.config import ConfigError, Scalar, check_keys, flatten_toml, from_flat
 from flowertune.registry import Registry
 
 RECIPE_DIR = Path(__file__).resolve().parent
@@ -47,17 +46,6 @@ class Recipe:
     models: tuple[str, ...] = ()
 
 
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """TOML's nested tables back to flat hyphenated keys (``model.lora.peft-lora-r``)."""
-    out: dict[str, Any] = {}
-    for k, v in table.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def load_recipe(path: str | Path) -> Recipe:
     """Read and check one recipe file; every problem is a one-line :class:`ConfigError` naming the file."""
     import tomllib  # stdlib from Python 3.11; imported here as in commands/run.py
@@ -74,7 +62,11 @@ def load_recipe(path: str | Path) -> Recipe:
     extra = sorted(set(data) - {"recipe", "config"})
     if extra:
         raise fail(f"unknown table(s) {', '.join(extra)}; a recipe has only [recipe] and [config]")
-    meta, keys = data.get("recipe", {}), _flatten(data.get("config", {}))
+    meta = data.get("recipe", {})
+    try:
+        keys = flatten_toml(data.get("config", {}))
+    except ConfigError as exc:
+        raise fail(f"[config] {exc}") from None
     missing = [m for m in _META_REQUIRED if not isinstance(meta.get(m), str) or not meta[m]]
     if missing:
         raise fail(f"[recipe] needs {', '.join(missing)} (strings)")
@@ -91,9 +83,6 @@ def load_recipe(path: str | Path) -> Recipe:
         # the fix before check_keys' (long) list of valid keys, so it is read
         unknown, _, valid = str(exc).partition(". Valid keys: ")
         raise fail(f"{unknown}; rename it to its current name or remove it from this file (valid keys: {valid})") from None
-    lists = [k for k, v in keys.items() if isinstance(v, (list, Mapping))]
-    if lists:
-        raise fail(f"{', '.join(lists)} must be a single value (a list of modules is one comma-separated string)")
     from flowertune.presets import PRESETS, preset_overrides
 
     if meta["preset"] not in PRESETS:
