@@ -68,6 +68,8 @@ LANGUAGES = ("python", "cpp", "js")
 _UID_BASE = 200_000  # throw-away uids: _UID_BASE + (pid % 50_000) * _SLOTS + slot; none has a passwd entry
 _SLOTS = 64
 NOFILE = 256  # open files per process
+SANDBOX_WORK = "/tmp/work"  # the work directory as the program sees it, inside its own tmpfs (not a host path)
+OUT_DIR = "/tmp/out"  # where the C++ build stage sees its bound host output directory
 INSIDE_UID = 65534  # the program's uid and gid inside the user namespace ("nobody")
 UNSAFE_FLAG = "--unsafe-sandbox"
 # read-only system paths the programs need; /bin, /lib... are links into /usr on merged-/usr systems
@@ -272,7 +274,7 @@ def _bwrap_args(prefix: str | None, limits: Limits) -> list[str]:
         args += ["--ro-bind", prefix, prefix]
     size = str(limits.tmpfs_mb * 1024 * 1024)
     args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm",
-             "--size", size, "--tmpfs", "/tmp", "--dir", "/tmp/work", "--chdir", "/tmp/work"]  # fmt: skip
+             "--size", size, "--tmpfs", "/tmp", "--dir", SANDBOX_WORK, "--chdir", SANDBOX_WORK]  # fmt: skip
     return args
 
 
@@ -504,9 +506,9 @@ def _execute(argv: list[str], box: Path, limits: Limits, slot: int, files: dict[
             for name, (path, mode) in files.items():
                 fd = os.open(path, os.O_RDONLY)
                 fds.append(fd)
-                cmd += ["--perms", f"{mode:o}", "--file", str(fd), f"/tmp/work/{name}"]
+                cmd += ["--perms", f"{mode:o}", "--file", str(fd), f"{SANDBOX_WORK}/{name}"]
             if out_dir is not None:
-                cmd += ["--bind", str(out_dir), "/tmp/out"]
+                cmd += ["--bind", str(out_dir), OUT_DIR]
             status_fd = os.open(status, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             fds.append(status_fd)
             bpf = seccomp_filter()
@@ -516,7 +518,7 @@ def _execute(argv: list[str], box: Path, limits: Limits, slot: int, files: dict[
                 fds.append(seccomp_fd)
                 cmd += ["--seccomp", str(seccomp_fd)]
             cmd += ["--remount-ro", "/", "--remount-ro", "/dev", "--json-status-fd", str(status_fd),
-                    "--setenv", "HOME", "/tmp/work", "--setenv", "TMPDIR", "/tmp",
+                    "--setenv", "HOME", SANDBOX_WORK, "--setenv", "TMPDIR", "/tmp",
                     "--", "sh", "-c", _PID1, "sandbox", *_prlimit(limits, as_mb), *argv]  # fmt: skip
             if iso.mode == "root":
                 cmd = [*_runas(_root_uid(slot)), *cmd]
@@ -534,7 +536,7 @@ def _execute(argv: list[str], box: Path, limits: Limits, slot: int, files: dict[
             for name, (path, mode) in files.items():
                 shutil.copyfile(path, work / name)
                 os.chmod(work / name, mode)
-            argv = [a.replace("/tmp/out", str(out_dir)) if out_dir else a for a in argv]
+            argv = [a.replace(OUT_DIR, str(out_dir)) if out_dir else a for a in argv]
             cmd, cwd = [*_prlimit(limits, as_mb), *argv], work
             env.update(HOME=str(work), TMPDIR=str(work))
         start = time.monotonic()
@@ -630,7 +632,7 @@ def run_program(program: Program, limits: Limits | None = None) -> Result:
             if iso.mode == "root":  # bwrap runs as the throw-away uid: it must reach and fill build/
                 box.chmod(0o711)
                 os.chown(build, _root_uid(slot), _root_uid(slot))
-            run = _execute(["g++", "-std=c++17", name, "-o", "/tmp/out/prog"], box, COMPILE_LIMITS, slot, files,
+            run = _execute(["g++", "-std=c++17", name, "-o", f"{OUT_DIR}/prog"], box, COMPILE_LIMITS, slot, files,
                            out_dir=build)  # fmt: skip
             elapsed += run.seconds
             if run.returncode != 0 or run.timed_out or run.setup_failed:
